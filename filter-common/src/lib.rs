@@ -1,0 +1,214 @@
+//! Types, map names and constants shared by the apifence XDP program (`filter-ebpf`) and its
+//! loader (`filter-user`).
+//!
+//! # How a policy reaches packets
+//!
+//! Everything a packet is judged against lives in one of two **slots** (0 and 1). Each slot has
+//! its own IPv4 and IPv6 LPM tries ([`MAP_V4_SLOT0`] …), its own [`SlotConfig`], its own
+//! protected-port bitmap (a region of [`MAP_PORTS`]) and its own serialized policy record (keys
+//! of [`MAP_POLICY`]). The program reads [`MAP_ACTIVE_SLOT`] once per packet and then looks only
+//! at that slot. The loader writes a new policy into the inactive slot, flips the active slot
+//! with one 4-byte write, and waits for an RCU grace period before it touches the old slot
+//! again. So no packet is ever judged against a mix of two policies.
+//!
+//! All multi-byte values in maps are in host byte order unless a doc comment says otherwise;
+//! addresses in trie keys are in network byte order, exactly as on the wire.
+#![no_std]
+
+/// Number of policy slots (double buffering).
+pub const SLOT_COUNT: u32 = 2;
+
+/// `ACTIVE_SLOT` array map, one `u32` entry at index 0: the slot (0 or 1) packets are judged
+/// against. Written by the loader with a single update; read by the program once per packet.
+pub const MAP_ACTIVE_SLOT: &str = "ACTIVE_SLOT";
+/// `SLOT_CONFIG` array map, [`SLOT_COUNT`] entries of [`SlotConfig`], indexed by slot.
+/// Written by the loader into the inactive slot only.
+pub const MAP_SLOT_CONFIG: &str = "SLOT_CONFIG";
+/// `PORTS` array map of `u32` bitmap words: slot `s` owns entries
+/// `s * PORT_WORDS_PER_SLOT .. (s + 1) * PORT_WORDS_PER_SLOT`; TCP destination port `p` is
+/// protected when bit `p % 32` of word `p / 32` of the active slot's region is set.
+pub const MAP_PORTS: &str = "PORTS";
+/// IPv4 LPM trie of slot 0: key [`Ipv4Key`], value `u32` rule id ([`RuleId`]).
+pub const MAP_V4_SLOT0: &str = "V4_SLOT0";
+/// IPv4 LPM trie of slot 1: key [`Ipv4Key`], value `u32` rule id.
+pub const MAP_V4_SLOT1: &str = "V4_SLOT1";
+/// IPv6 LPM trie of slot 0: key [`Ipv6Key`], value `u32` rule id.
+pub const MAP_V6_SLOT0: &str = "V6_SLOT0";
+/// IPv6 LPM trie of slot 1: key [`Ipv6Key`], value `u32` rule id.
+pub const MAP_V6_SLOT1: &str = "V6_SLOT1";
+/// `VERDICTS` per-CPU array of `u64`, [`COUNTER_COUNT`] entries indexed by the `COUNTER_*`
+/// constants. Written by the program only; the loader sums it over CPUs.
+pub const MAP_VERDICTS: &str = "VERDICTS";
+/// `RULE_HITS` per-CPU array of `u64` indexed by rule id: packets that matched that rule.
+/// The program increments; the loader zeroes an id before it hands the id to a new prefix.
+pub const MAP_RULE_HITS: &str = "RULE_HITS";
+/// `POLICY` hash map from [`policy_chunk_key`] to a [`PolicyChunk`]: the serialized policy
+/// record each slot was written for (so the pins always say what they enforce). Only the
+/// loader reads and writes it; the program never touches it.
+pub const MAP_POLICY: &str = "POLICY";
+
+/// Every map the program defines, in a stable order (pin names under the bpffs directory).
+pub const ALL_MAPS: [&str; 10] = [
+    MAP_ACTIVE_SLOT,
+    MAP_SLOT_CONFIG,
+    MAP_PORTS,
+    MAP_V4_SLOT0,
+    MAP_V4_SLOT1,
+    MAP_V6_SLOT0,
+    MAP_V6_SLOT1,
+    MAP_VERDICTS,
+    MAP_RULE_HITS,
+    MAP_POLICY,
+];
+
+/// Name of the XDP program (the `#[xdp]` function) in the object file.
+pub const PROGRAM_NAME: &str = "apifence";
+
+/// Default capacity of each LPM trie, in prefixes per address family.
+pub const DEFAULT_CAPACITY: u32 = 65_536;
+/// Capacity compiled into the object file; the loader overrides it at attach.
+pub const COMPILED_TRIE_CAPACITY: u32 = 1024;
+/// Rule ids needed for a trie capacity: both families in both slots may hold distinct prefixes
+/// while a new policy is written next to the active one.
+pub const fn rule_capacity(trie_capacity: u32) -> u32 {
+    4 * trie_capacity
+}
+
+/// Number of `u32` words of the port bitmap per slot (65,536 ports / 32).
+pub const PORT_WORDS_PER_SLOT: u32 = 2048;
+
+/// Size of one serialized-policy chunk in [`MAP_POLICY`].
+pub const POLICY_CHUNK_BYTES: usize = 2048;
+/// Maximum number of chunks per slot (64 MiB of policy text per slot).
+pub const POLICY_MAX_CHUNKS_PER_SLOT: u32 = 32_768;
+/// `max_entries` of [`MAP_POLICY`]: both slots' chunks.
+pub const POLICY_MAP_ENTRIES: u32 = SLOT_COUNT * POLICY_MAX_CHUNKS_PER_SLOT;
+
+/// Key of chunk `index` of the policy record of `slot` in [`MAP_POLICY`].
+pub const fn policy_chunk_key(slot: u32, index: u32) -> u32 {
+    slot * POLICY_MAX_CHUNKS_PER_SLOT + index
+}
+
+/// One chunk of a serialized policy record. Chunk 0 starts with the record's total length as a
+/// little-endian `u32`, followed by the record bytes; later chunks hold the rest.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PolicyChunk {
+    /// Raw bytes.
+    pub bytes: [u8; POLICY_CHUNK_BYTES],
+}
+
+/// Per-slot switches, one entry per slot in [`MAP_SLOT_CONFIG`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotConfig {
+    /// Bit set of `SLOT_FLAG_*`.
+    pub flags: u32,
+}
+
+/// The slot filters protected traffic. Unset: everything passes (still counted), as with
+/// `apifence ranges set ""`.
+pub const SLOT_FLAG_ENABLED: u32 = 1;
+/// Monitor mode: nothing is dropped; what would have been dropped counts as would-drop.
+pub const SLOT_FLAG_MONITOR: u32 = 2;
+
+/// A rule id: the value stored in the tries, an index into [`MAP_RULE_HITS`].
+pub type RuleId = u32;
+
+/// Address bytes of an IPv4 trie key, in network byte order.
+pub type Ipv4Bytes = [u8; 4];
+/// Address bytes of an IPv6 trie key, in network byte order.
+pub type Ipv6Bytes = [u8; 16];
+
+/// Key of the IPv4 tries: the kernel's `struct bpf_lpm_trie_key` with 4 data bytes.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Key {
+    /// Prefix length in bits (0..=32) for stored keys; 32 for lookups.
+    pub prefix_len: u32,
+    /// Network address, network byte order.
+    pub addr: Ipv4Bytes,
+}
+
+/// Key of the IPv6 tries: the kernel's `struct bpf_lpm_trie_key` with 16 data bytes.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv6Key {
+    /// Prefix length in bits (0..=128) for stored keys; 128 for lookups.
+    pub prefix_len: u32,
+    /// Network address, network byte order.
+    pub addr: Ipv6Bytes,
+}
+
+/// Counter index in [`MAP_VERDICTS`]: protected traffic whose source matched a rule.
+pub const COUNTER_PASSED_AUTHORIZED: u32 = 0;
+/// Counter index: traffic that is not protected (other ports, other protocols, non-IP).
+pub const COUNTER_PASSED_UNPROTECTED: u32 = 1;
+/// Counter index: protected traffic passed because the active slot is disabled.
+pub const COUNTER_PASSED_DISABLED: u32 = 2;
+/// Counter index: packets dropped (unauthorized or malformed, enforce mode).
+pub const COUNTER_DROPPED: u32 = 3;
+/// Counter index: packets that would have been dropped in enforce mode (monitor mode).
+pub const COUNTER_WOULD_DROP: u32 = 4;
+/// Counter index: packets with a malformed IP header. Each is also counted as dropped,
+/// would-drop or passed-disabled, depending on the slot.
+pub const COUNTER_MALFORMED: u32 = 5;
+/// Number of counters in [`MAP_VERDICTS`].
+pub const COUNTER_COUNT: u32 = 6;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `repr(C)` (or `repr(C, packed)`) plain data with no padding and
+    // no invalid bit patterns; layout asserts live in the tests below.
+    unsafe impl aya::Pod for super::SlotConfig {}
+    unsafe impl aya::Pod for super::PolicyChunk {}
+    unsafe impl aya::Pod for super::Ipv4Key {}
+    unsafe impl aya::Pod for super::Ipv6Key {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    #[test]
+    fn trie_keys_match_bpf_lpm_trie_key_layout() {
+        assert_eq!(size_of::<Ipv4Key>(), 8);
+        assert_eq!(size_of::<Ipv6Key>(), 20);
+        assert_eq!(align_of::<Ipv4Key>(), 1);
+        assert_eq!(align_of::<Ipv6Key>(), 1);
+    }
+
+    #[test]
+    fn shared_values_have_no_padding() {
+        assert_eq!(size_of::<SlotConfig>(), 4);
+        assert_eq!(size_of::<PolicyChunk>(), POLICY_CHUNK_BYTES);
+    }
+
+    #[test]
+    fn policy_chunk_keys_of_the_two_slots_never_collide() {
+        let last_of_slot0 = policy_chunk_key(0, POLICY_MAX_CHUNKS_PER_SLOT - 1);
+        let first_of_slot1 = policy_chunk_key(1, 0);
+        assert!(last_of_slot0 < first_of_slot1);
+        assert!(policy_chunk_key(1, POLICY_MAX_CHUNKS_PER_SLOT - 1) < POLICY_MAP_ENTRIES);
+    }
+
+    #[test]
+    fn counters_are_distinct_and_in_range() {
+        let all = [
+            COUNTER_PASSED_AUTHORIZED,
+            COUNTER_PASSED_UNPROTECTED,
+            COUNTER_PASSED_DISABLED,
+            COUNTER_DROPPED,
+            COUNTER_WOULD_DROP,
+            COUNTER_MALFORMED,
+        ];
+        for (i, a) in all.iter().enumerate() {
+            assert!(*a < COUNTER_COUNT);
+            for b in &all[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+}

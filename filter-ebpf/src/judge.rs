@@ -1,0 +1,81 @@
+//! The decision: a parsed [`Class`] and the active slot's policy give an [`Outcome`].
+
+use aya_ebpf::bindings::xdp_action;
+use filter_common::{
+    COUNTER_DROPPED, COUNTER_PASSED_AUTHORIZED, COUNTER_PASSED_DISABLED,
+    COUNTER_PASSED_UNPROTECTED, COUNTER_WOULD_DROP, RuleId, SLOT_FLAG_ENABLED, SLOT_FLAG_MONITOR,
+};
+
+use crate::{
+    maps,
+    parse::{Class, Source},
+};
+
+/// What happens to a packet and how it is counted.
+pub struct Outcome {
+    /// XDP action (`XDP_PASS` or `XDP_DROP`).
+    pub action: u32,
+    /// The one `COUNTER_*` verdict counter this packet adds to.
+    pub counter: u32,
+    /// Also count it as malformed.
+    pub malformed: bool,
+    /// The rule that authorized it, if any.
+    pub rule: Option<RuleId>,
+}
+
+impl Outcome {
+    const fn pass(counter: u32) -> Self {
+        Self {
+            action: xdp_action::XDP_PASS,
+            counter,
+            malformed: false,
+            rule: None,
+        }
+    }
+}
+
+/// Judges `class` against the policy in `slot`.
+#[inline(always)]
+pub fn judge(slot: u32, class: &Class) -> Outcome {
+    let (source, malformed) = match class {
+        Class::Unfiltered => return Outcome::pass(COUNTER_PASSED_UNPROTECTED),
+        Class::Tcp {
+            port: Some(port), ..
+        } if !maps::port_protected(slot, *port) => {
+            return Outcome::pass(COUNTER_PASSED_UNPROTECTED);
+        }
+        Class::Tcp { source, .. } => (Some(*source), false),
+        Class::Malformed => (None, true),
+    };
+    let flags = maps::slot_flags(slot);
+    if flags & SLOT_FLAG_ENABLED == 0 {
+        return Outcome {
+            malformed,
+            ..Outcome::pass(COUNTER_PASSED_DISABLED)
+        };
+    }
+    let rule = match source {
+        Some(Source::V4(addr)) => maps::lookup_v4(slot, addr),
+        Some(Source::V6(addr)) => maps::lookup_v6(slot, addr),
+        None => None,
+    };
+    if rule.is_some() {
+        return Outcome {
+            rule,
+            ..Outcome::pass(COUNTER_PASSED_AUTHORIZED)
+        };
+    }
+    if flags & SLOT_FLAG_MONITOR != 0 {
+        Outcome {
+            malformed,
+            ..Outcome::pass(COUNTER_WOULD_DROP)
+        }
+    } else {
+        Outcome {
+            action: xdp_action::XDP_DROP,
+            counter: COUNTER_DROPPED,
+            malformed,
+            rule: None,
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Every map of the program, with the small accessors the per-packet path uses. Names, key and
+//! value layouts are documented in `filter_common` next to the `MAP_*` constants.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+};
+use filter_common::{
+    COMPILED_TRIE_CAPACITY, COUNTER_COUNT, Ipv4Bytes, Ipv6Bytes, POLICY_MAP_ENTRIES,
+    PORT_WORDS_PER_SLOT, PolicyChunk, RuleId, SLOT_COUNT, SlotConfig, rule_capacity,
+};
+
+/// Index (0 or 1) of the slot packets are judged against; entry 0 only. Loader writes.
+#[map]
+static ACTIVE_SLOT: Array<u32> = Array::pinned(1, 0);
+
+/// Per-slot switches (`SLOT_FLAG_*`), indexed by slot. Loader writes the inactive slot.
+#[map]
+static SLOT_CONFIG: Array<SlotConfig> = Array::pinned(SLOT_COUNT, 0);
+
+/// Protected-port bitmaps, `PORT_WORDS_PER_SLOT` words per slot. Loader writes.
+#[map]
+static PORTS: Array<u32> = Array::pinned(SLOT_COUNT * PORT_WORDS_PER_SLOT, 0);
+
+/// Authorized IPv4 prefixes of slot 0 → rule id. Loader writes; capacity set at attach.
+#[map]
+static V4_SLOT0: LpmTrie<Ipv4Bytes, RuleId> = LpmTrie::pinned(COMPILED_TRIE_CAPACITY, 0);
+
+/// Authorized IPv4 prefixes of slot 1 → rule id.
+#[map]
+static V4_SLOT1: LpmTrie<Ipv4Bytes, RuleId> = LpmTrie::pinned(COMPILED_TRIE_CAPACITY, 0);
+
+/// Authorized IPv6 prefixes of slot 0 → rule id.
+#[map]
+static V6_SLOT0: LpmTrie<Ipv6Bytes, RuleId> = LpmTrie::pinned(COMPILED_TRIE_CAPACITY, 0);
+
+/// Authorized IPv6 prefixes of slot 1 → rule id.
+#[map]
+static V6_SLOT1: LpmTrie<Ipv6Bytes, RuleId> = LpmTrie::pinned(COMPILED_TRIE_CAPACITY, 0);
+
+/// Per-CPU verdict counters indexed by `COUNTER_*`. Program writes, loader reads.
+#[map]
+static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
+
+/// Per-CPU packet count per rule id. Program increments, loader reads and zeroes.
+#[map]
+static RULE_HITS: PerCpuArray<u64> =
+    PerCpuArray::pinned(rule_capacity(COMPILED_TRIE_CAPACITY), 0);
+
+/// Serialized policy record of each slot, in chunks. Loader only; never read here.
+#[map]
+static POLICY: HashMap<u32, PolicyChunk> = HashMap::pinned(POLICY_MAP_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// The active slot; 0 if the map can't be read (it always can: an array entry 0 exists).
+#[inline(always)]
+pub fn active_slot() -> u32 {
+    match ACTIVE_SLOT.get(0) {
+        Some(slot) => *slot,
+        None => 0,
+    }
+}
+
+/// The `SLOT_FLAG_*` bits of `slot`; 0 (disabled) if unreadable.
+#[inline(always)]
+pub fn slot_flags(slot: u32) -> u32 {
+    match SLOT_CONFIG.get(slot) {
+        Some(config) => config.flags,
+        None => 0,
+    }
+}
+
+/// Whether TCP destination `port` is protected in `slot`.
+#[inline(always)]
+pub fn port_protected(slot: u32, port: u16) -> bool {
+    let word = slot * PORT_WORDS_PER_SLOT + u32::from(port >> 5);
+    match PORTS.get(word) {
+        Some(bits) => (*bits >> (port & 31)) & 1 == 1,
+        None => true,
+    }
+}
+
+/// The rule id of the longest authorized IPv4 prefix of `slot` holding `addr`.
+#[inline(always)]
+pub fn lookup_v4(slot: u32, addr: Ipv4Bytes) -> Option<RuleId> {
+    let key = Key::new(32, addr);
+    let rule = if slot == 0 {
+        V4_SLOT0.get(&key)
+    } else {
+        V4_SLOT1.get(&key)
+    };
+    rule.copied()
+}
+
+/// The rule id of the longest authorized IPv6 prefix of `slot` holding `addr`.
+#[inline(always)]
+pub fn lookup_v6(slot: u32, addr: Ipv6Bytes) -> Option<RuleId> {
+    let key = Key::new(128, addr);
+    let rule = if slot == 0 {
+        V6_SLOT0.get(&key)
+    } else {
+        V6_SLOT1.get(&key)
+    };
+    rule.copied()
+}
+
+/// Adds one to verdict counter `index` on this CPU.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(counter) = VERDICTS.get_ptr_mut(index) {
+        // SAFETY: per-CPU value, only this CPU's program instance writes it right now.
+        unsafe { *counter = (*counter).wrapping_add(1) };
+    }
+}
+
+/// Adds one to the hit counter of `rule` on this CPU (ignored if out of range).
+#[inline(always)]
+pub fn count_rule_hit(rule: RuleId) {
+    if let Some(counter) = RULE_HITS.get_ptr_mut(rule) {
+        // SAFETY: as in `count`.
+        unsafe { *counter = (*counter).wrapping_add(1) };
+    }
+}

@@ -1,0 +1,4 @@
+//! The embedded XDP object file.
+
+/// The compiled `filter-ebpf` object, aligned for `aya::Ebpf::load`.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apifence-xdp"));
