@@ -45,8 +45,7 @@ static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
 
 /// Per-CPU packet count per rule id. Program increments, loader reads and zeroes.
 #[map]
-static RULE_HITS: PerCpuArray<u64> =
-    PerCpuArray::pinned(rule_capacity(COMPILED_TRIE_CAPACITY), 0);
+static RULE_HITS: PerCpuArray<u64> = PerCpuArray::pinned(rule_capacity(COMPILED_TRIE_CAPACITY), 0);
 
 /// Serialized policy record of each slot, in chunks. Loader only; never read here.
 #[map]

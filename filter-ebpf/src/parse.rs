@@ -70,11 +70,6 @@ impl Cursor {
     }
 
     #[inline(always)]
-    fn u8_at(&self, offset: usize) -> Option<u8> {
-        self.read::<1>(offset).map(|b| b[0])
-    }
-
-    #[inline(always)]
     fn be16_at(&self, offset: usize) -> Option<u16> {
         self.read::<2>(offset).map(u16::from_be_bytes)
     }

@@ -1,0 +1,455 @@
+//! The filter as a whole: attach, detach, read and replace the policy, read statistics. Every
+//! change goes through [`Filter::apply`]: compile, write the inactive slot, flip, wait for
+//! readers. The CLI and the daemon both drive this module.
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use filter_common::{
+    COUNTER_DROPPED, COUNTER_MALFORMED, COUNTER_PASSED_AUTHORIZED, COUNTER_PASSED_DISABLED,
+    COUNTER_PASSED_UNPROTECTED, COUNTER_WOULD_DROP, DEFAULT_CAPACITY,
+};
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::{
+    attach::{self, AttachError, XdpModeChoice},
+    bpffs::{self, BpffsError, DirLock},
+    compile::{self, CompileError, FamilyCounts},
+    maps::{FilterMaps, MapsError},
+    paths::PinLayout,
+    policy::{Mode, Policy, RECORD_VERSION, Record},
+    ranges::{language::parse_authorized, merge::merge},
+    rcu,
+};
+
+/// Any failure of a filter operation.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// The bpffs directory.
+    #[error(transparent)]
+    Bpffs(#[from] BpffsError),
+    /// Loading or attaching.
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    /// Map access.
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    /// The policy does not compile.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    /// Nothing is attached under this directory.
+    #[error(
+        "apifence is not attached (no pins under {0}); run `apifence attach IFACE` first, \
+         or pass the --bpffs directory it was attached with"
+    )]
+    NotAttached(String),
+    /// The pinned record can't be read.
+    #[error(
+        "the policy record pinned under {dir} is unreadable ({reason}); `apifence detach --all` and attach again"
+    )]
+    BadRecord {
+        /// The bpffs directory.
+        dir: String,
+        /// Why.
+        reason: String,
+    },
+    /// A detach named an interface that is not attached.
+    #[error("{interface} is not attached; attached: {attached}")]
+    NotAttachedInterface {
+        /// The interface given.
+        interface: String,
+        /// The attached ones.
+        attached: String,
+    },
+    /// `--capacity` differs from the pinned maps.
+    #[error(
+        "the filter under {dir} was attached with --capacity {pinned}; the capacity can't change \
+         while attached (apifence detach --all, then attach with --capacity {asked})"
+    )]
+    CapacityFixed {
+        /// The bpffs directory.
+        dir: String,
+        /// Capacity of the pinned maps.
+        pinned: u32,
+        /// Capacity asked for.
+        asked: u32,
+    },
+    /// A capacity of zero.
+    #[error(
+        "--capacity must be at least 1 (prefixes per address family); the default is {DEFAULT_CAPACITY}"
+    )]
+    ZeroCapacity,
+}
+
+/// Result type of this module.
+pub type Result<T, E = FilterError> = std::result::Result<T, E>;
+
+/// Options of `apifence attach`.
+#[derive(Clone, Debug, Default)]
+pub struct AttachOptions {
+    /// Interfaces to attach to.
+    pub interfaces: Vec<String>,
+    /// Protected ports; `None` keeps the current ones (default 443, 6443).
+    pub ports: Option<Vec<u16>>,
+    /// Native, skb or auto.
+    pub xdp_mode: XdpModeChoice,
+    /// Switch to monitor mode.
+    pub monitor: bool,
+    /// Trie capacity per family; only for the first attach.
+    pub capacity: Option<u32>,
+    /// Replace the always-allow list.
+    pub always_allow: Option<Vec<IpNet>>,
+}
+
+/// What an apply did.
+#[derive(Clone, Debug, Serialize)]
+pub struct ApplyReport {
+    /// Entries as given, per family (authorized ranges plus always-allow).
+    pub given: FamilyCounts,
+    /// Entries written after merging, per family.
+    pub compiled: FamilyCounts,
+    /// The slot now active.
+    pub slot: u32,
+    /// Wall time of the apply.
+    pub duration: Duration,
+}
+
+/// Verdict counters and per-rule hits.
+#[derive(Clone, Debug, Serialize)]
+pub struct Stats {
+    /// Passed packets (authorized, unprotected, disabled); would-drop packets pass too but are
+    /// counted only in `would_drop`, so passed + dropped + would_drop = packets seen.
+    pub passed: u64,
+    /// Protected traffic from an authorized source.
+    pub passed_authorized: u64,
+    /// Traffic that is not protected.
+    pub passed_unprotected: u64,
+    /// Protected traffic passed while filtering is disabled.
+    pub passed_disabled: u64,
+    /// Dropped packets.
+    pub dropped: u64,
+    /// Packets counted instead of dropped in monitor mode.
+    pub would_drop: u64,
+    /// Packets with a malformed IP header (also in dropped / would_drop / passed_disabled).
+    pub malformed: u64,
+    /// Hits per compiled prefix of the active slot.
+    pub ranges: Vec<RangeHits>,
+}
+
+/// Hits of one compiled prefix.
+#[derive(Clone, Debug, Serialize)]
+pub struct RangeHits {
+    /// The prefix as written in the trie (after merging).
+    pub range: String,
+    /// Packets it authorized.
+    pub hits: u64,
+    /// It comes from the always-allow list.
+    pub always_allow: bool,
+}
+
+/// The pinned filter, opened.
+pub struct Filter {
+    layout: PinLayout,
+    maps: FilterMaps,
+    _lock: Option<DirLock>,
+}
+
+fn dir_name(layout: &PinLayout) -> String {
+    layout.root().display().to_string()
+}
+
+impl Filter {
+    /// Opens the pinned filter for reading.
+    pub fn open(layout: &PinLayout) -> Result<Self> {
+        if !attach::is_loaded(layout) {
+            return Err(FilterError::NotAttached(dir_name(layout)));
+        }
+        Ok(Self {
+            layout: layout.clone(),
+            maps: FilterMaps::open(layout)?,
+            _lock: None,
+        })
+    }
+
+    /// Opens the pinned filter for writing, holding the writer lock until dropped.
+    pub fn open_for_write(layout: &PinLayout) -> Result<Self> {
+        if !attach::is_loaded(layout) {
+            return Err(FilterError::NotAttached(dir_name(layout)));
+        }
+        let lock = DirLock::acquire(layout.root())?;
+        Ok(Self {
+            layout: layout.clone(),
+            maps: FilterMaps::open(layout)?,
+            _lock: Some(lock),
+        })
+    }
+
+    /// The record of the active slot (what is enforced now).
+    pub fn record(&self) -> Result<Record> {
+        let slot = self.maps.active_slot()?;
+        let bad = |reason: String| FilterError::BadRecord {
+            dir: dir_name(&self.layout),
+            reason,
+        };
+        let bytes = self
+            .maps
+            .read_record(slot)?
+            .ok_or_else(|| bad("no record in the active slot".into()))?;
+        serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
+    }
+
+    /// Prefixes per family the tries hold.
+    pub fn capacity(&self) -> u32 {
+        self.maps.trie_capacity()
+    }
+
+    /// Compiles `record` and makes it the enforced policy, atomically: once this returns, every
+    /// packet is judged against it; no packet was judged against a mix of old and new.
+    /// On error nothing changed.
+    pub fn apply(&mut self, record: &Record) -> Result<ApplyReport> {
+        let started = Instant::now();
+        // A crash between an earlier flip and its wait could leave readers on the inactive
+        // slot; waiting here makes the inactive slot safe to rewrite in every case.
+        rcu::wait_for_readers();
+        let active = self.maps.active_slot()?;
+        let target = 1 - active;
+        let ids = self.maps.rule_ids(active)?;
+        let compiled = compile::compile(&record.policy, self.maps.trie_capacity(), &ids)?;
+        let bytes = serde_json::to_vec(record).map_err(|e| FilterError::BadRecord {
+            dir: dir_name(&self.layout),
+            reason: e.to_string(),
+        })?;
+        self.maps.zero_hits(&compiled.fresh_ids)?;
+        self.maps.write_slot(target, &compiled, &bytes)?;
+        self.maps.flip(target)?;
+        rcu::wait_for_readers();
+        Ok(ApplyReport {
+            given: given_counts(&record.policy),
+            compiled: compiled.counts,
+            slot: target,
+            duration: started.elapsed(),
+        })
+    }
+
+    /// Replaces the policy, keeping the attachment facts.
+    pub fn apply_policy(&mut self, policy: Policy) -> Result<ApplyReport> {
+        let mut record = self.record()?;
+        record.policy = policy;
+        self.apply(&record)
+    }
+
+    /// Counters and per-prefix hits of the active slot.
+    pub fn stats(&self) -> Result<Stats> {
+        let verdicts = self.maps.verdicts()?;
+        let slot = self.maps.active_slot()?;
+        let record = self.record()?;
+        let always: BTreeSet<IpNet> = merge(&record.policy.always_allow).into_iter().collect();
+        let list =
+            parse_authorized(&record.policy.ranges).map_err(|e| FilterError::Compile(e.into()))?;
+        let granted: BTreeSet<IpNet> = merge(list.entries()).into_iter().collect();
+        let mut ranges = Vec::new();
+        for (prefix, id) in self.maps.rule_ids(slot)? {
+            ranges.push(RangeHits {
+                range: prefix.to_string(),
+                hits: self.maps.hits(id)?,
+                always_allow: always.contains(&prefix) && !granted.contains(&prefix),
+            });
+        }
+        let at = |index: u32| verdicts[index as usize];
+        Ok(Stats {
+            passed: at(COUNTER_PASSED_AUTHORIZED)
+                + at(COUNTER_PASSED_UNPROTECTED)
+                + at(COUNTER_PASSED_DISABLED),
+            passed_authorized: at(COUNTER_PASSED_AUTHORIZED),
+            passed_unprotected: at(COUNTER_PASSED_UNPROTECTED),
+            passed_disabled: at(COUNTER_PASSED_DISABLED),
+            dropped: at(COUNTER_DROPPED),
+            would_drop: at(COUNTER_WOULD_DROP),
+            malformed: at(COUNTER_MALFORMED),
+            ranges,
+        })
+    }
+}
+
+fn given_counts(policy: &Policy) -> FamilyCounts {
+    let list = parse_authorized(&policy.ranges)
+        .map(|l| l.entries().to_vec())
+        .unwrap_or_default();
+    let all = list.iter().chain(policy.always_allow.iter());
+    let mut counts = FamilyCounts::default();
+    for prefix in all {
+        match prefix {
+            IpNet::V4(_) => counts.v4 += 1,
+            IpNet::V6(_) => counts.v6 += 1,
+        }
+    }
+    counts
+}
+
+/// What `attach` did.
+#[derive(Clone, Debug, Default)]
+pub struct AttachReport {
+    /// The program was loaded now (not reused from pins).
+    pub loaded: bool,
+    /// Interfaces attached now, with their mode.
+    pub attached: Vec<(String, crate::policy::AttachedMode)>,
+    /// Interfaces that were already attached.
+    pub already: Vec<String>,
+}
+
+/// Attaches the filter to `options.interfaces`, loading and pinning it first when nothing is
+/// pinned under `layout`. All or nothing: if one interface fails, the ones attached by this
+/// call are detached again (and a fresh load is removed).
+pub fn attach(layout: &PinLayout, options: &AttachOptions) -> Result<AttachReport> {
+    if options.capacity == Some(0) {
+        return Err(FilterError::ZeroCapacity);
+    }
+    let mounted = bpffs::ensure_bpffs_dir(layout.root())?;
+    let _lock = DirLock::acquire(layout.root())?;
+    let mut report = AttachReport::default();
+    if !attach::is_loaded(layout) {
+        attach::load_and_pin(layout, options.capacity.unwrap_or(DEFAULT_CAPACITY))?;
+        report.loaded = true;
+    }
+    let result = attach_locked(layout, options, mounted, &mut report);
+    if result.is_err() {
+        for (interface, _) in &report.attached {
+            let _ = attach::detach_interface(layout, interface);
+        }
+        if report.loaded {
+            let _ = attach::remove_all_pins(layout);
+            if mounted {
+                let _ = bpffs::unmount_bpffs(layout.root());
+            }
+        }
+    }
+    result.map(|()| report)
+}
+
+fn attach_locked(
+    layout: &PinLayout,
+    options: &AttachOptions,
+    mounted: bool,
+    report: &mut AttachReport,
+) -> Result<()> {
+    let mut filter = Filter {
+        layout: layout.clone(),
+        maps: FilterMaps::open(layout)?,
+        _lock: None,
+    };
+    if let Some(asked) = options.capacity
+        && !report.loaded
+        && asked != filter.capacity()
+    {
+        return Err(FilterError::CapacityFixed {
+            dir: dir_name(layout),
+            pinned: filter.capacity(),
+            asked,
+        });
+    }
+    let mut record = match filter.record() {
+        Ok(record) => record,
+        // A fresh load (or maps left by an interrupted attach without a record).
+        Err(FilterError::BadRecord { .. }) => Record {
+            version: RECORD_VERSION,
+            policy: Policy::default(),
+            ..Record::default()
+        },
+        Err(e) => return Err(e),
+    };
+    record.attachment.mounted_bpffs |= mounted;
+    if let Some(ports) = &options.ports {
+        record.policy.ports = ports.clone();
+    }
+    if let Some(always) = &options.always_allow {
+        record.policy.always_allow = always.clone();
+    }
+    if options.monitor {
+        record.policy.mode = Mode::Monitor;
+    }
+    // The policy goes live before any interface sees the program.
+    filter.apply(&record)?;
+    for interface in &options.interfaces {
+        if layout.link(interface).exists() {
+            report.already.push(interface.clone());
+            continue;
+        }
+        let mode = attach::attach_interface(layout, interface, options.xdp_mode)?;
+        report.attached.push((interface.clone(), mode));
+        record.attachment.interfaces.insert(interface.clone(), mode);
+    }
+    filter.apply(&record)?;
+    Ok(())
+}
+
+/// Which interfaces `detach` removes.
+#[derive(Clone, Debug)]
+pub enum DetachTarget {
+    /// These interfaces; when none remain, everything is removed.
+    Interfaces(Vec<String>),
+    /// Every interface, the program and the maps.
+    All,
+}
+
+/// What `detach` did.
+#[derive(Clone, Debug, Default)]
+pub struct DetachReport {
+    /// Interfaces detached.
+    pub detached: Vec<String>,
+    /// Program, maps and pins were removed (nothing left attached).
+    pub removed_everything: bool,
+}
+
+/// Detaches interfaces; removes program, maps, pins (and a bpffs apifence mounted) when no
+/// interface remains attached.
+pub fn detach(layout: &PinLayout, target: &DetachTarget) -> Result<DetachReport> {
+    if !attach::is_loaded(layout) {
+        return match target {
+            DetachTarget::All => Ok(DetachReport::default()),
+            DetachTarget::Interfaces(_) => Err(FilterError::NotAttached(dir_name(layout))),
+        };
+    }
+    let mut filter = Filter::open_for_write(layout)?;
+    let attached = attach::attached_interfaces(layout);
+    let wanted = match target {
+        DetachTarget::All => attached.clone(),
+        DetachTarget::Interfaces(names) => names.clone(),
+    };
+    for interface in &wanted {
+        if !attached.contains(interface) {
+            return Err(FilterError::NotAttachedInterface {
+                interface: interface.clone(),
+                attached: if attached.is_empty() {
+                    "none".into()
+                } else {
+                    attached.join(", ")
+                },
+            });
+        }
+    }
+    let record = filter.record().ok();
+    let mut report = DetachReport::default();
+    for interface in &wanted {
+        attach::detach_interface(layout, interface)?;
+        report.detached.push(interface.clone());
+    }
+    if attach::attached_interfaces(layout).is_empty() {
+        drop(filter);
+        attach::remove_all_pins(layout)?;
+        if record.as_ref().is_some_and(|r| r.attachment.mounted_bpffs) {
+            bpffs::unmount_bpffs(layout.root())?;
+        } else {
+            let _ = std::fs::remove_dir(layout.root());
+        }
+        report.removed_everything = true;
+    } else if let Some(mut record) = record {
+        for interface in &wanted {
+            record.attachment.interfaces.remove(interface);
+        }
+        filter.apply(&record)?;
+    }
+    Ok(report)
+}

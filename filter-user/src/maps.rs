@@ -1,0 +1,307 @@
+//! The aya layer over the pinned maps: open them, read and write one slot, flip the active
+//! slot, read counters. No policy logic lives here.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
+
+use aya::maps::{
+    Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key,
+};
+use filter_common::{
+    COUNTER_COUNT, Ipv4Bytes, Ipv6Bytes, MAP_ACTIVE_SLOT, MAP_POLICY, MAP_PORTS, MAP_RULE_HITS,
+    MAP_SLOT_CONFIG, MAP_V4_SLOT0, MAP_V4_SLOT1, MAP_V6_SLOT0, MAP_V6_SLOT1, MAP_VERDICTS,
+    POLICY_CHUNK_BYTES, PORT_WORDS_PER_SLOT, PolicyChunk, RuleId, SlotConfig, policy_chunk_key,
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::{compile::CompiledSlot, paths::PinLayout};
+
+/// A map operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    /// A pinned map could not be opened.
+    #[error("opening pinned map {path}: {source}")]
+    Open {
+        /// Pin path.
+        path: PathBuf,
+        /// The aya error.
+        #[source]
+        source: MapError,
+    },
+    /// Reading or writing a map failed.
+    #[error("{action} map {map}: {source}")]
+    Access {
+        /// What was being done.
+        action: &'static str,
+        /// The map's name.
+        map: &'static str,
+        /// The aya error.
+        #[source]
+        source: MapError,
+    },
+    /// The number of possible CPUs could not be read.
+    #[error("reading the number of possible CPUs: {0}")]
+    Cpus(#[source] std::io::Error),
+    /// The stored policy record is larger than the map can hold.
+    #[error("the policy record is {0} bytes, more than the policy map holds; use a shorter list")]
+    RecordTooLarge(usize),
+}
+
+type Trie<K> = LpmTrie<MapData, K, RuleId>;
+
+/// All of the program's maps, opened from their pins.
+pub struct FilterMaps {
+    active: Array<MapData, u32>,
+    config: Array<MapData, SlotConfig>,
+    ports: Array<MapData, u32>,
+    v4: [Trie<Ipv4Bytes>; 2],
+    v6: [Trie<Ipv6Bytes>; 2],
+    verdicts: PerCpuArray<MapData, u64>,
+    hits: PerCpuArray<MapData, u64>,
+    records: HashMap<MapData, u32, PolicyChunk>,
+    trie_capacity: u32,
+}
+
+fn open<T>(layout: &PinLayout, name: &'static str) -> Result<T, MapsError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let path = layout.map(name);
+    let opened = MapData::from_pin(&path)
+        .and_then(Map::from_map_data)
+        .and_then(T::try_from);
+    opened.map_err(|source| MapsError::Open { path, source })
+}
+
+fn access(action: &'static str, map: &'static str) -> impl FnOnce(MapError) -> MapsError {
+    move |source| MapsError::Access {
+        action,
+        map,
+        source,
+    }
+}
+
+impl FilterMaps {
+    /// Opens every map pinned under `layout`.
+    pub fn open(layout: &PinLayout) -> Result<Self, MapsError> {
+        let capacity_path = layout.map(MAP_V4_SLOT0);
+        let trie_capacity = MapData::from_pin(&capacity_path)
+            .and_then(|m| m.info())
+            .map(|info| info.max_entries())
+            .map_err(|source| MapsError::Open {
+                path: capacity_path,
+                source,
+            })?;
+        Ok(Self {
+            active: open(layout, MAP_ACTIVE_SLOT)?,
+            config: open(layout, MAP_SLOT_CONFIG)?,
+            ports: open(layout, MAP_PORTS)?,
+            v4: [open(layout, MAP_V4_SLOT0)?, open(layout, MAP_V4_SLOT1)?],
+            v6: [open(layout, MAP_V6_SLOT0)?, open(layout, MAP_V6_SLOT1)?],
+            verdicts: open(layout, MAP_VERDICTS)?,
+            hits: open(layout, MAP_RULE_HITS)?,
+            records: open(layout, MAP_POLICY)?,
+            trie_capacity,
+        })
+    }
+
+    /// Prefixes each trie holds at most (per family, per slot).
+    pub fn trie_capacity(&self) -> u32 {
+        self.trie_capacity
+    }
+
+    /// The slot packets are judged against now.
+    pub fn active_slot(&self) -> Result<u32, MapsError> {
+        let slot = self
+            .active
+            .get(&0, 0)
+            .map_err(access("reading", MAP_ACTIVE_SLOT))?;
+        Ok(slot & 1)
+    }
+
+    /// Makes `slot` the active one with a single 4-byte map update.
+    pub fn flip(&mut self, slot: u32) -> Result<(), MapsError> {
+        self.active
+            .set(0, slot, 0)
+            .map_err(access("writing", MAP_ACTIVE_SLOT))
+    }
+
+    /// The prefixes stored in `slot` and their rule ids.
+    pub fn rule_ids(&self, slot: u32) -> Result<BTreeMap<IpNet, RuleId>, MapsError> {
+        let mut ids = BTreeMap::new();
+        for entry in self.v4[slot as usize].iter() {
+            let (key, id) = entry.map_err(access("reading", MAP_V4_SLOT0))?;
+            let prefix =
+                Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8).map(IpNet::V4);
+            if let Ok(prefix) = prefix {
+                ids.insert(prefix, id);
+            }
+        }
+        for entry in self.v6[slot as usize].iter() {
+            let (key, id) = entry.map_err(access("reading", MAP_V6_SLOT0))?;
+            let prefix =
+                Ipv6Net::new(Ipv6Addr::from(key.data()), key.prefix_len() as u8).map(IpNet::V6);
+            if let Ok(prefix) = prefix {
+                ids.insert(prefix, id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Empties both tries of `slot` (which must be inactive).
+    fn clear_tries(&mut self, slot: u32) -> Result<(), MapsError> {
+        let v4 = &mut self.v4[slot as usize];
+        let keys: Vec<_> = v4.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            v4.remove(&key).map_err(access("clearing", MAP_V4_SLOT0))?;
+        }
+        let v6 = &mut self.v6[slot as usize];
+        let keys: Vec<_> = v6.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            v6.remove(&key).map_err(access("clearing", MAP_V6_SLOT0))?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything of `compiled` plus its serialized `record` into `slot`, which must be
+    /// the inactive slot with no program still reading it.
+    pub fn write_slot(
+        &mut self,
+        slot: u32,
+        compiled: &CompiledSlot,
+        record: &[u8],
+    ) -> Result<(), MapsError> {
+        self.clear_tries(slot)?;
+        for (prefix, id) in &compiled.entries {
+            match prefix {
+                IpNet::V4(net) => self.v4[slot as usize]
+                    .insert(
+                        &Key::new(net.prefix_len().into(), net.addr().octets()),
+                        id,
+                        0,
+                    )
+                    .map_err(access("writing", MAP_V4_SLOT0))?,
+                IpNet::V6(net) => self.v6[slot as usize]
+                    .insert(
+                        &Key::new(net.prefix_len().into(), net.addr().octets()),
+                        id,
+                        0,
+                    )
+                    .map_err(access("writing", MAP_V6_SLOT0))?,
+            }
+        }
+        let base = slot * PORT_WORDS_PER_SLOT;
+        for (index, word) in compiled.port_words.iter().enumerate() {
+            self.ports
+                .set(base + index as u32, word, 0)
+                .map_err(access("writing", MAP_PORTS))?;
+        }
+        self.write_record(slot, record)?;
+        self.config
+            .set(
+                slot,
+                SlotConfig {
+                    flags: compiled.flags,
+                },
+                0,
+            )
+            .map_err(access("writing", MAP_SLOT_CONFIG))
+    }
+
+    /// Zeroes the hit counters of `ids` on every CPU.
+    pub fn zero_hits(&mut self, ids: &[RuleId]) -> Result<(), MapsError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError::Cpus(e))?;
+        for id in ids {
+            let zeros = PerCpuValues::try_from(vec![0u64; cpus]).map_err(MapsError::Cpus)?;
+            self.hits
+                .set(*id, zeros, 0)
+                .map_err(access("zeroing", MAP_RULE_HITS))?;
+        }
+        Ok(())
+    }
+
+    /// Hits of rule `id`, summed over CPUs (0 for ids out of range).
+    pub fn hits(&self, id: RuleId) -> Result<u64, MapsError> {
+        match self.hits.get(&id, 0) {
+            Ok(values) => Ok(values.iter().sum()),
+            Err(MapError::OutOfBounds { .. }) => Ok(0),
+            Err(source) => Err(access("reading", MAP_RULE_HITS)(source)),
+        }
+    }
+
+    /// The verdict counters (indexed by `COUNTER_*`), summed over CPUs.
+    pub fn verdicts(&self) -> Result<[u64; COUNTER_COUNT as usize], MapsError> {
+        let mut totals = [0u64; COUNTER_COUNT as usize];
+        for (index, total) in totals.iter_mut().enumerate() {
+            let values = self
+                .verdicts
+                .get(&(index as u32), 0)
+                .map_err(access("reading", MAP_VERDICTS))?;
+            *total = values.iter().sum();
+        }
+        Ok(totals)
+    }
+
+    fn write_record(&mut self, slot: u32, record: &[u8]) -> Result<(), MapsError> {
+        let previous_chunks = self.record_chunk_count(slot)?;
+        let mut bytes = Vec::with_capacity(record.len() + 4);
+        let len =
+            u32::try_from(record.len()).map_err(|_| MapsError::RecordTooLarge(record.len()))?;
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(record);
+        let chunks: Vec<&[u8]> = bytes.chunks(POLICY_CHUNK_BYTES).collect();
+        if chunks.len() > filter_common::POLICY_MAX_CHUNKS_PER_SLOT as usize {
+            return Err(MapsError::RecordTooLarge(record.len()));
+        }
+        for (index, piece) in chunks.iter().enumerate() {
+            let mut chunk = PolicyChunk {
+                bytes: [0; POLICY_CHUNK_BYTES],
+            };
+            chunk.bytes[..piece.len()].copy_from_slice(piece);
+            self.records
+                .insert(policy_chunk_key(slot, index as u32), chunk, 0)
+                .map_err(access("writing", MAP_POLICY))?;
+        }
+        for stale in chunks.len() as u32..previous_chunks {
+            let _ = self.records.remove(&policy_chunk_key(slot, stale));
+        }
+        Ok(())
+    }
+
+    fn record_chunk_count(&self, slot: u32) -> Result<u32, MapsError> {
+        match self.records.get(&policy_chunk_key(slot, 0), 0) {
+            Ok(first) => {
+                let len = u32::from_le_bytes([
+                    first.bytes[0],
+                    first.bytes[1],
+                    first.bytes[2],
+                    first.bytes[3],
+                ]) as usize;
+                Ok((len + 4).div_ceil(POLICY_CHUNK_BYTES) as u32)
+            }
+            Err(MapError::KeyNotFound) => Ok(0),
+            Err(source) => Err(access("reading", MAP_POLICY)(source)),
+        }
+    }
+
+    /// The serialized record stored with `slot`, if any.
+    pub fn read_record(&self, slot: u32) -> Result<Option<Vec<u8>>, MapsError> {
+        let count = self.record_chunk_count(slot)?;
+        if count == 0 {
+            return Ok(None);
+        }
+        let mut bytes = Vec::with_capacity(count as usize * POLICY_CHUNK_BYTES);
+        for index in 0..count {
+            let chunk = self
+                .records
+                .get(&policy_chunk_key(slot, index), 0)
+                .map_err(access("reading", MAP_POLICY))?;
+            bytes.extend_from_slice(&chunk.bytes);
+        }
+        let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        Ok(Some(bytes[4..4 + len].to_vec()))
+    }
+}

@@ -1,0 +1,179 @@
+//! The desired state of the filter (`Policy`), and the record written next to each slot
+//! (`Record`) so the pins always say what they enforce and for which attachment.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Default protected TCP destination ports: HTTPS and the Kubernetes API server.
+pub const DEFAULT_PORTS: [u16; 2] = [443, 6443];
+
+/// Enforce (drop unauthorized packets) or monitor (count them as would-drop, pass them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Unauthorized protected traffic is dropped.
+    #[default]
+    Enforce,
+    /// Nothing is dropped; what would have been is counted as would-drop.
+    Monitor,
+}
+
+impl Mode {
+    /// The name used on the command line and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Monitor => "monitor",
+        }
+    }
+}
+
+/// What the user asked the filter to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// The authorized-range list exactly as it round-trips through the range language:
+    /// `""` = filtering disabled, `"0.0.0.0/32"` = only the always-allow list, otherwise the
+    /// comma-separated entries as given.
+    pub ranges: String,
+    /// Sources that are never blocked (cluster egress, load-balancer outbound, jump hosts).
+    pub always_allow: Vec<IpNet>,
+    /// Protected TCP destination ports, ascending, no duplicates, never empty.
+    pub ports: Vec<u16>,
+    /// Enforce or monitor.
+    pub mode: Mode,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            ranges: String::new(),
+            always_allow: Vec::new(),
+            ports: DEFAULT_PORTS.to_vec(),
+            mode: Mode::Enforce,
+        }
+    }
+}
+
+/// How a program is attached to one interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachedMode {
+    /// In the driver (native XDP).
+    Native,
+    /// Generic XDP in the network stack.
+    Skb,
+}
+
+impl AttachedMode {
+    /// The name used in output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Skb => "skb",
+        }
+    }
+}
+
+/// Facts about the attachment that outlive any one policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Attached interfaces and their XDP mode.
+    pub interfaces: BTreeMap<String, AttachedMode>,
+    /// The bpffs directory was not a bpffs mount and apifence mounted one on it (so a full
+    /// detach unmounts it again).
+    pub mounted_bpffs: bool,
+}
+
+/// What is stored next to each slot: the policy it enforces and the attachment it belongs to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Format version of this record.
+    pub version: u32,
+    /// The policy the slot was compiled from.
+    pub policy: Policy,
+    /// Interfaces and mount facts.
+    pub attachment: Attachment,
+}
+
+/// Current [`Record::version`].
+pub const RECORD_VERSION: u32 = 1;
+
+/// A bad `--ports` value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PortsError {
+    /// The list had no ports.
+    #[error("no ports given; protect at least one TCP port, for example --ports 443,6443")]
+    Empty,
+    /// An entry was not a number from 1 to 65535.
+    #[error("port {0:?} is not a TCP port number from 1 to 65535; for example --ports 443,6443")]
+    Invalid(String),
+}
+
+/// Parses a comma and/or whitespace separated port list into ascending unique ports.
+pub fn parse_ports(text: &str) -> Result<Vec<u16>, PortsError> {
+    let mut ports = Vec::new();
+    for word in text.split(|c: char| c == ',' || c.is_whitespace()) {
+        if word.is_empty() {
+            continue;
+        }
+        match word.parse::<u16>() {
+            Ok(port) if port != 0 => ports.push(port),
+            _ => return Err(PortsError::Invalid(word.to_string())),
+        }
+    }
+    if ports.is_empty() {
+        return Err(PortsError::Empty);
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    Ok(ports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_parse_sorted_and_unique() {
+        assert_eq!(parse_ports("6443, 443,443"), Ok(vec![443, 6443]));
+        assert_eq!(parse_ports("8443"), Ok(vec![8443]));
+    }
+
+    #[test]
+    fn bad_ports_name_the_entry() {
+        assert_eq!(parse_ports(""), Err(PortsError::Empty));
+        assert_eq!(parse_ports("0"), Err(PortsError::Invalid("0".into())));
+        assert_eq!(
+            parse_ports("443,https"),
+            Err(PortsError::Invalid("https".into()))
+        );
+        assert_eq!(
+            parse_ports("70000"),
+            Err(PortsError::Invalid("70000".into()))
+        );
+        assert!(
+            PortsError::Invalid("x".into())
+                .to_string()
+                .contains("--ports 443,6443")
+        );
+    }
+
+    #[test]
+    fn record_round_trips_through_json() {
+        let mut record = Record {
+            version: RECORD_VERSION,
+            ..Record::default()
+        };
+        record.policy.ranges = "10.0.0.0/8".into();
+        record.policy.mode = Mode::Monitor;
+        record
+            .attachment
+            .interfaces
+            .insert("eth0".into(), AttachedMode::Skb);
+        let text = serde_json::to_string(&record).expect("serialize");
+        let back: Record = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back, record);
+    }
+}
