@@ -51,7 +51,7 @@ pub struct Token<'a> {
 }
 
 /// Why a range list, or a change to one, was rejected.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum RangeError {
     /// Two commas in a row, or a comma at the start or end.
     #[error(
@@ -227,6 +227,9 @@ pub fn tokenize(text: &str) -> Result<Vec<Token<'_>>, RangeError> {
 ///
 /// `""` disables filtering, `0.0.0.0/32` alone allows only the always-allowed
 /// addresses, anything else is a list of ranges with exact duplicates removed.
+///
+/// The first syntax error is reported; names are reported only when the syntax
+/// is otherwise fine, since a future resolver may accept them.
 pub fn parse_authorized(text: &str) -> Result<RangeList, RangeError> {
     let tokens = tokenize(text)?;
     let prefixes = prefixes_of(&tokens)?;
@@ -275,15 +278,19 @@ impl RangeList {
             RangeList::Ranges(ranges) => ranges.as_slice(),
             RangeList::Disabled | RangeList::OnlyAlwaysAllowed => &[],
         };
-        let wanted = more.iter().map(IpNet::trunc);
-        let mut all = dedup(base.iter().copied().chain(wanted.clone()));
-        all.retain(|net| *net != ONLY_ALWAYS_ALLOWED);
-        if !all.is_empty() {
-            RangeList::Ranges(all)
-        } else if *self == RangeList::Disabled && wanted.clone().any(|n| n == ONLY_ALWAYS_ALLOWED) {
-            RangeList::OnlyAlwaysAllowed
-        } else {
-            self.clone()
+        let wanted: Vec<IpNet> = more.iter().map(IpNet::trunc).collect();
+        let all = dedup(
+            base.iter()
+                .chain(&wanted)
+                .copied()
+                .filter(|net| *net != ONLY_ALWAYS_ALLOWED),
+        );
+        match self {
+            _ if !all.is_empty() => RangeList::Ranges(all),
+            RangeList::Disabled if wanted.contains(&ONLY_ALWAYS_ALLOWED) => {
+                RangeList::OnlyAlwaysAllowed
+            }
+            _ => self.clone(),
         }
     }
 
@@ -378,15 +385,15 @@ fn read_entry(text: &str, position: usize) -> Result<Entry, RangeError> {
     };
     let length = match length {
         None => max,
-        Some(digits) if digits.bytes().all(|b| b.is_ascii_digit()) => {
-            digits.parse::<u8>().ok().filter(|len| *len <= max).ok_or(
-                RangeError::PrefixTooLong {
-                    entry: entry(),
-                    position,
-                    max,
-                },
-            )?
-        }
+        Some(digits) if digits.bytes().all(|b| b.is_ascii_digit()) => digits
+            .parse::<u8>()
+            .ok()
+            .filter(|len| *len <= max)
+            .ok_or_else(|| RangeError::PrefixTooLong {
+                entry: entry(),
+                position,
+                max,
+            })?,
         Some(_) => return Err(invalid()),
     };
     let net = IpNet::new(address, length).map_err(|_| invalid())?;
