@@ -42,13 +42,19 @@ pub const MAP_VERDICTS: &str = "VERDICTS";
 /// `RULE_HITS` per-CPU array of `u64` indexed by rule id: packets that matched that rule.
 /// The program increments; the loader zeroes an id before it hands the id to a new prefix.
 pub const MAP_RULE_HITS: &str = "RULE_HITS";
+/// `DENY_EVENTS` ring buffer of [`DenyEvent`]s: one per dropped (or would-drop) packet, at
+/// most [`DENY_EVENTS_PER_SEC_PER_CPU`] per second per CPU. Program writes, daemon reads.
+pub const MAP_DENY_EVENTS: &str = "DENY_EVENTS";
+/// `DENY_RATE` per-CPU array, one [`DenyRate`] entry: the rate limiter of the deny events.
+/// Program only.
+pub const MAP_DENY_RATE: &str = "DENY_RATE";
 /// `POLICY` hash map from [`policy_chunk_key`] to a [`PolicyChunk`]: the serialized policy
 /// record each slot was written for (so the pins always say what they enforce). Only the
 /// loader reads and writes it; the program never touches it.
 pub const MAP_POLICY: &str = "POLICY";
 
 /// Every map the program defines, in a stable order (pin names under the bpffs directory).
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 12] = [
     MAP_ACTIVE_SLOT,
     MAP_SLOT_CONFIG,
     MAP_PORTS,
@@ -59,6 +65,8 @@ pub const ALL_MAPS: [&str; 10] = [
     MAP_VERDICTS,
     MAP_RULE_HITS,
     MAP_POLICY,
+    MAP_DENY_EVENTS,
+    MAP_DENY_RATE,
 ];
 
 /// Name of the XDP program (the `#[xdp]` function) in the object file.
@@ -153,8 +161,48 @@ pub const COUNTER_WOULD_DROP: u32 = 4;
 /// Counter index: packets with a malformed IP header. Each is also counted as dropped,
 /// would-drop or passed-disabled, depending on the slot.
 pub const COUNTER_MALFORMED: u32 = 5;
+/// Counter index: deny events not reported because of the rate limit or a full ring buffer.
+pub const COUNTER_DENY_EVENTS_SUPPRESSED: u32 = 6;
 /// Number of counters in [`MAP_VERDICTS`].
-pub const COUNTER_COUNT: u32 = 6;
+pub const COUNTER_COUNT: u32 = 7;
+
+/// Size in bytes of the deny-event ring buffer (a power of two, a multiple of the page size).
+pub const DENY_EVENTS_RING_BYTES: u32 = 256 * 1024;
+/// Deny events each CPU may report per second; the rest are counted as suppressed.
+pub const DENY_EVENTS_PER_SEC_PER_CPU: u64 = 1000;
+
+/// One denied (or would-deny) packet, as reported through [`MAP_DENY_EVENTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenyEvent {
+    /// `bpf_ktime_get_ns()` when the packet was judged (monotonic, since boot).
+    pub timestamp_ns: u64,
+    /// Source address, network byte order; IPv4 uses the first 4 bytes.
+    pub source: [u8; 16],
+    /// Interface the packet arrived on.
+    pub ifindex: u32,
+    /// TCP destination port (host byte order); 0 when it could not be read.
+    pub port: u16,
+    /// 4 or 6.
+    pub family: u8,
+    /// [`DENY_KIND_DROPPED`] or [`DENY_KIND_WOULD_DROP`].
+    pub kind: u8,
+}
+
+/// [`DenyEvent::kind`]: the packet was dropped.
+pub const DENY_KIND_DROPPED: u8 = 1;
+/// [`DenyEvent::kind`]: monitor mode, the packet would have been dropped.
+pub const DENY_KIND_WOULD_DROP: u8 = 2;
+
+/// State of the per-CPU deny-event rate limiter (fixed one-second windows).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenyRate {
+    /// Start of the current window, `bpf_ktime_get_ns()`.
+    pub window_start_ns: u64,
+    /// Events reported in the current window.
+    pub sent: u64,
+}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -164,6 +212,8 @@ mod pod {
     unsafe impl aya::Pod for super::PolicyChunk {}
     unsafe impl aya::Pod for super::Ipv4Key {}
     unsafe impl aya::Pod for super::Ipv6Key {}
+    unsafe impl aya::Pod for super::DenyEvent {}
+    unsafe impl aya::Pod for super::DenyRate {}
 }
 
 #[cfg(test)]
@@ -184,6 +234,8 @@ mod tests {
     fn shared_values_have_no_padding() {
         assert_eq!(size_of::<SlotConfig>(), 4);
         assert_eq!(size_of::<PolicyChunk>(), POLICY_CHUNK_BYTES);
+        assert_eq!(size_of::<DenyEvent>(), 32);
+        assert_eq!(size_of::<DenyRate>(), 16);
     }
 
     #[test]
@@ -203,6 +255,7 @@ mod tests {
             COUNTER_DROPPED,
             COUNTER_WOULD_DROP,
             COUNTER_MALFORMED,
+            COUNTER_DENY_EVENTS_SUPPRESSED,
         ];
         for (i, a) in all.iter().enumerate() {
             assert!(*a < COUNTER_COUNT);

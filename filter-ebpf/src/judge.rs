@@ -1,9 +1,10 @@
 //! The decision: a parsed [`Class`] and the active slot's policy give an [`Outcome`].
 
-use aya_ebpf::bindings::xdp_action;
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use filter_common::{
     COUNTER_DROPPED, COUNTER_PASSED_AUTHORIZED, COUNTER_PASSED_DISABLED,
-    COUNTER_PASSED_UNPROTECTED, COUNTER_WOULD_DROP, RuleId, SLOT_FLAG_ENABLED, SLOT_FLAG_MONITOR,
+    COUNTER_PASSED_UNPROTECTED, COUNTER_WOULD_DROP, DENY_KIND_DROPPED, DENY_KIND_WOULD_DROP,
+    DenyEvent, RuleId, SLOT_FLAG_ENABLED, SLOT_FLAG_MONITOR,
 };
 
 use crate::{
@@ -78,4 +79,36 @@ pub fn judge(slot: u32, class: &Class) -> Outcome {
             rule: None,
         }
     }
+}
+
+/// The deny-log event for a dropped or would-drop TCP packet (none for other outcomes and for
+/// malformed packets, whose source can't be trusted).
+#[inline(always)]
+pub fn deny_event(outcome: &Outcome, class: &Class, ctx: &XdpContext) -> Option<DenyEvent> {
+    let kind = match outcome.counter {
+        COUNTER_DROPPED => DENY_KIND_DROPPED,
+        COUNTER_WOULD_DROP => DENY_KIND_WOULD_DROP,
+        _ => return None,
+    };
+    let Class::Tcp { source, port } = class else {
+        return None;
+    };
+    let mut event = DenyEvent {
+        port: port.unwrap_or(0),
+        kind,
+        // SAFETY: reads a field of the context the kernel passed in.
+        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+        ..DenyEvent::default()
+    };
+    match source {
+        Source::V4(addr) => {
+            event.family = 4;
+            event.source[..4].copy_from_slice(addr);
+        }
+        Source::V6(addr) => {
+            event.family = 6;
+            event.source = *addr;
+        }
+    }
+    Some(event)
 }

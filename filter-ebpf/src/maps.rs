@@ -3,12 +3,15 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
+    helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use filter_common::{
-    COMPILED_TRIE_CAPACITY, COUNTER_COUNT, Ipv4Bytes, Ipv6Bytes, POLICY_MAP_ENTRIES,
-    PORT_WORDS_PER_SLOT, PolicyChunk, RuleId, SLOT_COUNT, SlotConfig, rule_capacity,
+    COMPILED_TRIE_CAPACITY, COUNTER_COUNT, COUNTER_DENY_EVENTS_SUPPRESSED,
+    DENY_EVENTS_PER_SEC_PER_CPU, DENY_EVENTS_RING_BYTES, DenyEvent, DenyRate, Ipv4Bytes,
+    Ipv6Bytes, POLICY_MAP_ENTRIES, PORT_WORDS_PER_SLOT, PolicyChunk, RuleId, SLOT_COUNT,
+    SlotConfig, rule_capacity,
 };
 
 /// Index (0 or 1) of the slot packets are judged against; entry 0 only. Loader writes.
@@ -50,6 +53,14 @@ static RULE_HITS: PerCpuArray<u64> = PerCpuArray::pinned(rule_capacity(COMPILED_
 /// Serialized policy record of each slot, in chunks. Loader only; never read here.
 #[map]
 static POLICY: HashMap<u32, PolicyChunk> = HashMap::pinned(POLICY_MAP_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Denied packets, for the deny log. Program writes (rate-limited), daemon reads.
+#[map]
+static DENY_EVENTS: RingBuf = RingBuf::pinned(DENY_EVENTS_RING_BYTES, 0);
+
+/// Per-CPU rate limiter state of `DENY_EVENTS`. Program only.
+#[map]
+static DENY_RATE: PerCpuArray<DenyRate> = PerCpuArray::pinned(1, 0);
 
 /// The active slot; 0 if the map can't be read (it always can: an array entry 0 exists).
 #[inline(always)]
@@ -118,5 +129,41 @@ pub fn count_rule_hit(rule: RuleId) {
     if let Some(counter) = RULE_HITS.get_ptr_mut(rule) {
         // SAFETY: as in `count`.
         unsafe { *counter = (*counter).wrapping_add(1) };
+    }
+}
+
+/// Whether this CPU may report one more deny event in the current one-second window.
+#[inline(always)]
+fn deny_event_allowed() -> bool {
+    let Some(rate) = DENY_RATE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: per-CPU value, only this CPU's program instance touches it right now.
+    let rate = unsafe { &mut *rate };
+    if now.wrapping_sub(rate.window_start_ns) >= 1_000_000_000 {
+        rate.window_start_ns = now;
+        rate.sent = 0;
+    }
+    if rate.sent >= DENY_EVENTS_PER_SEC_PER_CPU {
+        return false;
+    }
+    rate.sent += 1;
+    true
+}
+
+/// Reports a denied packet through `DENY_EVENTS`, or counts it as suppressed when the rate
+/// limit is reached or the ring buffer is full.
+#[inline(always)]
+pub fn report_denied(mut event: DenyEvent) {
+    if !deny_event_allowed() {
+        count(COUNTER_DENY_EVENTS_SUPPRESSED);
+        return;
+    }
+    // SAFETY: helper without arguments.
+    event.timestamp_ns = unsafe { bpf_ktime_get_ns() };
+    if DENY_EVENTS.output::<DenyEvent>(&event, 0).is_err() {
+        count(COUNTER_DENY_EVENTS_SUPPRESSED);
     }
 }

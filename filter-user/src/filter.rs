@@ -8,8 +8,8 @@ use std::{
 };
 
 use filter_common::{
-    COUNTER_DROPPED, COUNTER_MALFORMED, COUNTER_PASSED_AUTHORIZED, COUNTER_PASSED_DISABLED,
-    COUNTER_PASSED_UNPROTECTED, COUNTER_WOULD_DROP, DEFAULT_CAPACITY,
+    COUNTER_DENY_EVENTS_SUPPRESSED, COUNTER_DROPPED, COUNTER_MALFORMED, COUNTER_PASSED_AUTHORIZED,
+    COUNTER_PASSED_DISABLED, COUNTER_PASSED_UNPROTECTED, COUNTER_WOULD_DROP, DEFAULT_CAPACITY,
 };
 use ipnet::IpNet;
 use serde::Serialize;
@@ -135,6 +135,8 @@ pub struct Stats {
     pub would_drop: u64,
     /// Packets with a malformed IP header (also in dropped / would_drop / passed_disabled).
     pub malformed: u64,
+    /// Deny-log events not reported (rate limit or full ring buffer).
+    pub deny_events_suppressed: u64,
     /// Hits per compiled prefix of the active slot.
     pub ranges: Vec<RangeHits>,
 }
@@ -269,6 +271,7 @@ impl Filter {
             dropped: at(COUNTER_DROPPED),
             would_drop: at(COUNTER_WOULD_DROP),
             malformed: at(COUNTER_MALFORMED),
+            deny_events_suppressed: at(COUNTER_DENY_EVENTS_SUPPRESSED),
             ranges,
         })
     }
