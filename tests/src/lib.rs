@@ -1,0 +1,31 @@
+//! Shared test lab for apifence: everything an end-to-end test or the demo needs to build a small
+//! network out of namespaces and probe it, plus pure frame builders for `BPF_PROG_TEST_RUN`.
+//!
+//! One job per module:
+//! - [`privileges`]: skip or fail tests that need root;
+//! - [`cmd`]: run external commands with a time bound;
+//! - [`netns`]: network namespaces (RAII) and running Rust code inside one;
+//! - [`link`]: veth pairs, addresses and routes;
+//! - [`bpffs`]: a private bpffs mount (RAII) for the CLI's pins;
+//! - [`tcp`]: a counting TCP server and a source-bound TCP connect probe;
+//! - [`stream`]: a numbered-chunk streaming client (loss checks across policy changes);
+//! - [`frame`]: Ethernet/VLAN/IPv4/IPv6/TCP/UDP frame builders.
+//!
+//! Privileged tests start with `if !require_privileges("name") { return; }`.
+
+pub mod bpffs;
+pub mod cmd;
+pub mod frame;
+pub mod link;
+pub mod netns;
+pub mod privileges;
+pub mod stream;
+pub mod tcp;
+
+pub use bpffs::Bpffs;
+pub use frame::{ExtHeader, Frame};
+pub use link::{Endpoint, VethPair};
+pub use netns::{Netns, delete_netns};
+pub use privileges::{REQUIRE_ENV, apifence_bin, require_privileges};
+pub use stream::{StreamOptions, StreamReport, stream_chunks};
+pub use tcp::{ConnectError, TcpServer, connect, connect_stream};
