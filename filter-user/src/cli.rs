@@ -74,7 +74,11 @@ pub enum Command {
         all: bool,
     },
     /// Show or change the authorized ranges.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  apifence ranges set 73.140.245.0/24,193.168.1.0/24\n  \
+        apifence ranges add 2001:db8::/32\n  apifence ranges show --json"
+    )]
     Ranges(RangesCommand),
     /// Switch between enforce and monitor without re-attaching.
     #[command(after_help = "Example:\n  apifence mode monitor")]

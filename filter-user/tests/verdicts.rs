@@ -131,7 +131,10 @@ impl Lab {
         ];
         for (which, by) in moved {
             let want = u64::from(which == case.counted);
-            assert_eq!(by, want, "{name}: counter {which:?} moved by {by}, expected {want}");
+            assert_eq!(
+                by, want,
+                "{name}: counter {which:?} moved by {by}, expected {want}"
+            );
         }
         assert_eq!(
             delta(|s| s.malformed),
@@ -167,20 +170,50 @@ fn verdict_table_enforce() {
     let lab = Lab::new(policy(RANGES, Mode::Enforce));
     let nine_ext = (0..9).fold(tcp6(STRANGER6, 8080), |f, _| f.ext(ExtHeader::dest_opts()));
     let table = vec![
-        case("ipv4 authorized 6443", tcp4(AUTHORIZED, 6443), XDP_PASS, Authorized),
-        case("ipv4 stranger 6443", tcp4(STRANGER, 6443), XDP_DROP, Dropped),
+        case(
+            "ipv4 authorized 6443",
+            tcp4(AUTHORIZED, 6443),
+            XDP_PASS,
+            Authorized,
+        ),
+        case(
+            "ipv4 stranger 6443",
+            tcp4(STRANGER, 6443),
+            XDP_DROP,
+            Dropped,
+        ),
         case("ipv4 stranger 443", tcp4(STRANGER, 443), XDP_DROP, Dropped),
-        case("ipv4 stranger other port", tcp4(STRANGER, 8080), XDP_PASS, Unprotected),
-        case("ipv4 always-allow", tcp4(ALWAYS, 6443), XDP_PASS, Authorized),
+        case(
+            "ipv4 stranger other port",
+            tcp4(STRANGER, 8080),
+            XDP_PASS,
+            Unprotected,
+        ),
+        case(
+            "ipv4 always-allow",
+            tcp4(ALWAYS, 6443),
+            XDP_PASS,
+            Authorized,
+        ),
         case(
             "udp to a protected port",
             Frame::udp4(STRANGER, API, 6443),
             XDP_PASS,
             Unprotected,
         ),
-        case("ipv6 authorized", tcp6(AUTHORIZED6, 6443), XDP_PASS, Authorized),
+        case(
+            "ipv6 authorized",
+            tcp6(AUTHORIZED6, 6443),
+            XDP_PASS,
+            Authorized,
+        ),
         case("ipv6 stranger", tcp6(STRANGER6, 6443), XDP_DROP, Dropped),
-        case("ipv6 stranger other port", tcp6(STRANGER6, 8080), XDP_PASS, Unprotected),
+        case(
+            "ipv6 stranger other port",
+            tcp6(STRANGER6, 8080),
+            XDP_PASS,
+            Unprotected,
+        ),
         case(
             "udp6 to a protected port",
             Frame::udp6(STRANGER6, API6, 443),
@@ -250,7 +283,12 @@ fn verdict_table_enforce() {
             XDP_DROP,
             Dropped,
         ),
-        malformed("ipv4 IHL < 5", tcp4(AUTHORIZED, 6443).ihl(4), XDP_DROP, Dropped),
+        malformed(
+            "ipv4 IHL < 5",
+            tcp4(AUTHORIZED, 6443).ihl(4),
+            XDP_DROP,
+            Dropped,
+        ),
         malformed(
             "ipv4 truncated header",
             tcp4(AUTHORIZED, 6443).truncate(14 + 12),
@@ -307,7 +345,12 @@ fn verdict_table_enforce() {
             XDP_DROP,
             Dropped,
         ),
-        case("ipv6 chain longer than the bound", nine_ext, XDP_DROP, Dropped),
+        case(
+            "ipv6 chain longer than the bound",
+            nine_ext,
+            XDP_DROP,
+            Dropped,
+        ),
         malformed(
             "ipv6 truncated extension header",
             tcp6(STRANGER6, 8080)
@@ -336,7 +379,12 @@ fn monitor_mode_passes_and_counts_would_drop() {
     use Counted::*;
     let lab = Lab::new(policy(RANGES, Mode::Monitor));
     lab.check(&case("stranger", tcp4(STRANGER, 6443), XDP_PASS, WouldDrop));
-    lab.check(&case("authorized", tcp4(AUTHORIZED, 6443), XDP_PASS, Authorized));
+    lab.check(&case(
+        "authorized",
+        tcp4(AUTHORIZED, 6443),
+        XDP_PASS,
+        Authorized,
+    ));
     lab.check(&malformed(
         "malformed",
         tcp4(AUTHORIZED, 6443).ihl(3),
@@ -353,7 +401,12 @@ fn disabled_list_passes_everything_still_counted() {
     use Counted::*;
     let lab = Lab::new(policy("", Mode::Enforce));
     lab.check(&case("stranger", tcp4(STRANGER, 6443), XDP_PASS, Disabled));
-    lab.check(&case("other port", tcp4(STRANGER, 8080), XDP_PASS, Unprotected));
+    lab.check(&case(
+        "other port",
+        tcp4(STRANGER, 8080),
+        XDP_PASS,
+        Unprotected,
+    ));
 }
 
 #[test]
@@ -363,9 +416,19 @@ fn only_always_allowed_blocks_everyone_else() {
     }
     use Counted::*;
     let lab = Lab::new(policy("0.0.0.0/32", Mode::Enforce));
-    let formerly = case("formerly authorized", tcp4(AUTHORIZED, 6443), XDP_DROP, Dropped);
+    let formerly = case(
+        "formerly authorized",
+        tcp4(AUTHORIZED, 6443),
+        XDP_DROP,
+        Dropped,
+    );
     lab.check(&formerly);
-    lab.check(&case("always-allow", tcp4(ALWAYS, 6443), XDP_PASS, Authorized));
+    lab.check(&case(
+        "always-allow",
+        tcp4(ALWAYS, 6443),
+        XDP_PASS,
+        Authorized,
+    ));
 }
 
 #[test]

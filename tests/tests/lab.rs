@@ -25,7 +25,7 @@ fn lab_connects_counts_and_cleans_up() {
     if !require_privileges("lab_connects_counts_and_cleans_up") {
         return;
     }
-    let (server_name, client_name);
+    let (server_name, client_name, mut sleeper);
     {
         let server_ns = Netns::new().unwrap();
         let client_ns = Netns::new().unwrap();
@@ -98,9 +98,15 @@ fn lab_connects_counts_and_cleans_up() {
             .unwrap();
         assert!(ifaces.contains("cli0"), "{ifaces}");
         // A process spawned inside is killed when the namespace goes.
-        let _sleeper = client_ns.spawn("sleep", &["30"]).unwrap();
+        sleeper = client_ns.spawn("sleep", &["30"]).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while client_ns.pids().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(!client_ns.pids().is_empty());
     }
+    let status = cmd::wait_with_timeout(&mut sleeper, Duration::from_secs(5)).unwrap();
+    assert!(status.is_some_and(|s| !s.success()), "{status:?}");
     let listed = netns_list();
     assert!(!listed.contains(&server_name), "{listed}");
     assert!(!listed.contains(&client_name), "{listed}");
