@@ -9,9 +9,9 @@ use aya_ebpf::{
 };
 use filter_common::{
     COMPILED_TRIE_CAPACITY, COUNTER_COUNT, COUNTER_DENY_EVENTS_SUPPRESSED,
-    DENY_EVENTS_PER_SEC_PER_CPU, DENY_EVENTS_RING_BYTES, DenyEvent, DenyRate, Ipv4Bytes,
-    Ipv6Bytes, POLICY_MAP_ENTRIES, PORT_WORDS_PER_SLOT, PolicyChunk, RuleId, SLOT_COUNT,
-    SlotConfig, rule_capacity,
+    DENY_EVENTS_PER_SEC_PER_CPU, DENY_EVENTS_RING_BYTES, DenyEvent, DenyRate, Ipv4Bytes, Ipv6Bytes,
+    POLICY_MAP_ENTRIES, PORT_WORDS_PER_SLOT, PolicyChunk, RuleId, SLOT_COUNT, SlotConfig,
+    rule_capacity,
 };
 
 /// Index (0 or 1) of the slot packets are judged against; entry 0 only. Loader writes.

@@ -73,6 +73,15 @@ pub fn authorized_prefixes(policy: &Policy) -> Result<(RangeList, Vec<IpNet>), R
     Ok((list, prefixes))
 }
 
+/// The trie prefixes of `policy`, in the order [`compile`] writes them (none when disabled).
+pub fn slot_prefixes(policy: &Policy) -> Result<Vec<IpNet>, RangeError> {
+    let (list, prefixes) = authorized_prefixes(policy)?;
+    Ok(match list {
+        RangeList::Disabled => Vec::new(),
+        _ => prefixes,
+    })
+}
+
 /// Compiles `policy` for a slot whose trie capacity is `capacity` per family. `active_ids` maps
 /// the prefixes of the currently active slot to their rule ids; those keep their ids (so their
 /// hit counts carry over) and new prefixes get ids that are free in the active slot.
@@ -81,9 +90,8 @@ pub fn compile(
     capacity: u32,
     active_ids: &BTreeMap<IpNet, RuleId>,
 ) -> Result<CompiledSlot, CompileError> {
-    let (list, prefixes) = authorized_prefixes(policy)?;
-    let enabled = !matches!(list, RangeList::Disabled);
-    let prefixes = if enabled { prefixes } else { Vec::new() };
+    let enabled = !matches!(parse_authorized(&policy.ranges)?, RangeList::Disabled);
+    let prefixes = slot_prefixes(policy)?;
 
     let counts = FamilyCounts {
         v4: prefixes

@@ -18,7 +18,7 @@ use crate::{
     attach::{self, AttachError, XdpModeChoice},
     bpffs::{self, BpffsError, DirLock},
     compile::{self, CompileError, FamilyCounts},
-    maps::{FilterMaps, MapsError},
+    maps::{FilterMaps, MapsError, SlotContents},
     paths::PinLayout,
     policy::{Mode, Policy, RECORD_VERSION, Record},
     ranges::{language::parse_authorized, merge::merge},
@@ -203,6 +203,21 @@ impl Filter {
         serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
     }
 
+    /// What `slot` holds according to its record; `None` when unknown (no record, an
+    /// interrupted write, or an unreadable record), in which case the tries must be read.
+    fn slot_contents(&self, slot: u32) -> Option<SlotContents> {
+        let bytes = self.maps.read_record(slot).ok()??;
+        let record: Record = serde_json::from_slice(&bytes).ok()?;
+        let prefixes = compile::slot_prefixes(&record.policy).ok()?;
+        if prefixes.len() != record.rule_ids.len() {
+            return None;
+        }
+        Some(SlotContents {
+            entries: prefixes.into_iter().zip(record.rule_ids).collect(),
+            port_words: compile::port_bitmap(&record.policy.ports),
+        })
+    }
+
     /// Prefixes per family the tries hold.
     pub fn capacity(&self) -> u32 {
         self.maps.trie_capacity()
@@ -218,14 +233,21 @@ impl Filter {
         rcu::wait_for_readers();
         let active = self.maps.active_slot()?;
         let target = 1 - active;
-        let ids = self.maps.rule_ids(active)?;
+        let ids = match self.slot_contents(active) {
+            Some(contents) => contents.entries,
+            None => self.maps.rule_ids(active)?,
+        };
         let compiled = compile::compile(&record.policy, self.maps.trie_capacity(), &ids)?;
-        let bytes = serde_json::to_vec(record).map_err(|e| FilterError::BadRecord {
+        let mut record = record.clone();
+        record.rule_ids = compiled.entries.iter().map(|(_, id)| *id).collect();
+        let bytes = serde_json::to_vec(&record).map_err(|e| FilterError::BadRecord {
             dir: dir_name(&self.layout),
             reason: e.to_string(),
         })?;
+        let previous = self.slot_contents(target);
         self.maps.zero_hits(&compiled.fresh_ids)?;
-        self.maps.write_slot(target, &compiled, &bytes)?;
+        self.maps
+            .write_slot(target, &compiled, &bytes, previous.as_ref())?;
         self.maps.flip(target)?;
         rcu::wait_for_readers();
         Ok(ApplyReport {
@@ -253,7 +275,11 @@ impl Filter {
             parse_authorized(&record.policy.ranges).map_err(|e| FilterError::Compile(e.into()))?;
         let granted: BTreeSet<IpNet> = merge(list.entries()).into_iter().collect();
         let mut ranges = Vec::new();
-        for (prefix, id) in self.maps.rule_ids(slot)? {
+        let entries = match self.slot_contents(slot) {
+            Some(contents) => contents.entries,
+            None => self.maps.rule_ids(slot)?,
+        };
+        for (prefix, id) in entries {
             ranges.push(RangeHits {
                 range: prefix.to_string(),
                 hits: self.maps.hits(id)?,

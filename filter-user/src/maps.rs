@@ -52,6 +52,15 @@ pub enum MapsError {
 
 type Trie<K> = LpmTrie<MapData, K, RuleId>;
 
+/// What one slot is known to hold: trie entries with their rule ids, and the port bitmap.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SlotContents {
+    /// Prefix → rule id, both families.
+    pub entries: BTreeMap<IpNet, RuleId>,
+    /// Port bitmap words.
+    pub port_words: Vec<u32>,
+}
+
 /// All of the program's maps, opened from their pins.
 pub struct FilterMaps {
     active: Array<MapData, u32>,
@@ -74,6 +83,15 @@ where
         .and_then(Map::from_map_data)
         .and_then(T::try_from);
     opened.map_err(|source| MapsError::Open { path, source })
+}
+
+/// Whether `error` only says the key was absent.
+fn is_not_found(error: &MapError) -> bool {
+    match error {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
 }
 
 fn access(action: &'static str, map: &'static str) -> impl FnOnce(MapError) -> MapsError {
@@ -166,40 +184,81 @@ impl FilterMaps {
         Ok(())
     }
 
+    fn insert_entry(&mut self, slot: u32, prefix: &IpNet, id: RuleId) -> Result<(), MapsError> {
+        match prefix {
+            IpNet::V4(net) => self.v4[slot as usize]
+                .insert(
+                    &Key::new(net.prefix_len().into(), net.addr().octets()),
+                    id,
+                    0,
+                )
+                .map_err(access("writing", MAP_V4_SLOT0)),
+            IpNet::V6(net) => self.v6[slot as usize]
+                .insert(
+                    &Key::new(net.prefix_len().into(), net.addr().octets()),
+                    id,
+                    0,
+                )
+                .map_err(access("writing", MAP_V6_SLOT0)),
+        }
+    }
+
+    fn remove_entry(&mut self, slot: u32, prefix: &IpNet) -> Result<(), MapsError> {
+        let removed = match prefix {
+            IpNet::V4(net) => self.v4[slot as usize]
+                .remove(&Key::new(net.prefix_len().into(), net.addr().octets())),
+            IpNet::V6(net) => self.v6[slot as usize]
+                .remove(&Key::new(net.prefix_len().into(), net.addr().octets())),
+        };
+        match removed {
+            Err(source) if !is_not_found(&source) => {
+                Err(access("removing from", MAP_V4_SLOT0)(source))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Writes everything of `compiled` plus its serialized `record` into `slot`, which must be
-    /// the inactive slot with no program still reading it.
+    /// the inactive slot with no program still reading it. `previous` is what the slot is known
+    /// to hold (from its record): then only the differences are written; `None` rewrites it all.
     pub fn write_slot(
         &mut self,
         slot: u32,
         compiled: &CompiledSlot,
         record: &[u8],
+        previous: Option<&SlotContents>,
     ) -> Result<(), MapsError> {
-        self.clear_tries(slot)?;
+        // Until the new record is written, the slot's contents are unknown to later writers.
+        let previous_chunks = self.forget_record(slot)?;
+        let empty = SlotContents::default();
+        let known = match previous {
+            Some(previous) => previous,
+            None => {
+                self.clear_tries(slot)?;
+                &empty
+            }
+        };
+        let wanted: BTreeMap<IpNet, RuleId> = compiled.entries.iter().copied().collect();
+        for prefix in known.entries.keys() {
+            if !wanted.contains_key(prefix) {
+                self.remove_entry(slot, prefix)?;
+            }
+        }
         for (prefix, id) in &compiled.entries {
-            match prefix {
-                IpNet::V4(net) => self.v4[slot as usize]
-                    .insert(
-                        &Key::new(net.prefix_len().into(), net.addr().octets()),
-                        id,
-                        0,
-                    )
-                    .map_err(access("writing", MAP_V4_SLOT0))?,
-                IpNet::V6(net) => self.v6[slot as usize]
-                    .insert(
-                        &Key::new(net.prefix_len().into(), net.addr().octets()),
-                        id,
-                        0,
-                    )
-                    .map_err(access("writing", MAP_V6_SLOT0))?,
+            if known.entries.get(prefix) != Some(id) {
+                self.insert_entry(slot, prefix, *id)?;
             }
         }
         let base = slot * PORT_WORDS_PER_SLOT;
         for (index, word) in compiled.port_words.iter().enumerate() {
+            if previous.is_some() && known.port_words.get(index) == Some(word) {
+                continue;
+            }
             self.ports
                 .set(base + index as u32, word, 0)
                 .map_err(access("writing", MAP_PORTS))?;
         }
-        self.write_record(slot, record)?;
+        self.write_record(slot, record, previous_chunks)?;
         self.config
             .set(
                 slot,
@@ -245,8 +304,12 @@ impl FilterMaps {
         Ok(totals)
     }
 
-    fn write_record(&mut self, slot: u32, record: &[u8]) -> Result<(), MapsError> {
-        let previous_chunks = self.record_chunk_count(slot)?;
+    fn write_record(
+        &mut self,
+        slot: u32,
+        record: &[u8],
+        previous_chunks: u32,
+    ) -> Result<(), MapsError> {
         let mut bytes = Vec::with_capacity(record.len() + 4);
         let len =
             u32::try_from(record.len()).map_err(|_| MapsError::RecordTooLarge(record.len()))?;
@@ -256,7 +319,9 @@ impl FilterMaps {
         if chunks.len() > filter_common::POLICY_MAX_CHUNKS_PER_SLOT as usize {
             return Err(MapsError::RecordTooLarge(record.len()));
         }
-        for (index, piece) in chunks.iter().enumerate() {
+        // Chunk 0 (which carries the length) goes last, so a record is never complete-looking
+        // before all of it is written.
+        for (index, piece) in chunks.iter().enumerate().rev() {
             let mut chunk = PolicyChunk {
                 bytes: [0; POLICY_CHUNK_BYTES],
             };
@@ -269,6 +334,16 @@ impl FilterMaps {
             let _ = self.records.remove(&policy_chunk_key(slot, stale));
         }
         Ok(())
+    }
+
+    /// Removes chunk 0 of the record of `slot`, marking its contents unknown. Returns how many
+    /// chunks the record had.
+    fn forget_record(&mut self, slot: u32) -> Result<u32, MapsError> {
+        let chunks = self.record_chunk_count(slot)?;
+        match self.records.remove(&policy_chunk_key(slot, 0)) {
+            Err(source) if !is_not_found(&source) => Err(access("writing", MAP_POLICY)(source)),
+            _ => Ok(chunks),
+        }
     }
 
     fn record_chunk_count(&self, slot: u32) -> Result<u32, MapsError> {

@@ -95,6 +95,10 @@ pub struct Record {
     pub policy: Policy,
     /// Interfaces and mount facts.
     pub attachment: Attachment,
+    /// Rule id of each trie entry, in the order `compile::slot_prefixes` lists the policy's
+    /// prefixes; lets the next writer know the slot's contents without reading the tries.
+    #[serde(default)]
+    pub rule_ids: Vec<filter_common::RuleId>,
 }
 
 /// Current [`Record::version`].
