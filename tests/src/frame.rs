@@ -343,7 +343,10 @@ impl Frame {
     /// # Panics
     /// On an IPv6 frame, or if `len` is not a multiple of 4 up to 40.
     pub fn ipv4_options(mut self, len: usize) -> Frame {
-        assert!(len % 4 == 0 && len <= 40, "IPv4 options: {len} bytes");
+        assert!(
+            len.is_multiple_of(4) && len <= 40,
+            "IPv4 options: {len} bytes"
+        );
         match &mut self.l3 {
             L3::V4 { options, .. } => *options = len,
             L3::V6 { .. } => panic!("ipv4_options on an IPv6 frame"),

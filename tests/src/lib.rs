@@ -12,6 +12,7 @@
 //! - [`frame`]: Ethernet/VLAN/IPv4/IPv6/TCP/UDP frame builders.
 //!
 //! Privileged tests start with `if !require_privileges("name") { return; }`.
+#![warn(missing_docs)]
 
 pub mod bpffs;
 pub mod cmd;

@@ -1,0 +1,152 @@
+//! `cargo xtask test`: what CI runs. Setup, format check, clippy (host crates and the eBPF crate
+//! for its real target), the CLI binary, then every test with privileged tests required.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use apifence_tests::privileges::{BIN_ENV, REQUIRE_ENV};
+
+use crate::build::{BUILD_TIMEOUT, binary};
+use crate::process::{cargo, run_live, run_live_lines};
+use crate::setup;
+
+/// Bound on the whole `cargo test` run.
+const TEST_TIMEOUT: Duration = Duration::from_secs(45 * 60);
+
+/// Runs the suite; fails if any step failed, after printing `N passed, N failed`.
+pub fn run() -> Result<()> {
+    setup::run()?;
+    let mut failed_steps = Vec::new();
+    let mut step = |name: &str, result: Result<()>| {
+        if let Err(e) = result {
+            eprintln!("xtask test: {name} failed: {e:#}");
+            failed_steps.push(name.to_owned());
+        }
+    };
+    step(
+        "fmt",
+        run_live(
+            cargo().args(["fmt", "--all", "--", "--check"]),
+            BUILD_TIMEOUT,
+        ),
+    );
+    // filter-ebpf is a no_std BPF binary: linted for its own target below, not for the host.
+    step(
+        "clippy",
+        run_live(
+            cargo()
+                .args([
+                    "clippy",
+                    "--workspace",
+                    "--exclude",
+                    "filter-ebpf",
+                    "--all-targets",
+                ])
+                .args(["--", "-D", "warnings"]),
+            BUILD_TIMEOUT,
+        ),
+    );
+    step("clippy (eBPF)", clippy_ebpf());
+    let built = run_live(
+        cargo().args(["build", "-p", "filter-user", "--bins"]),
+        BUILD_TIMEOUT,
+    )
+    .and_then(|()| binary("debug"));
+    let mut totals = Totals::default();
+    match built {
+        Err(e) => step("build", Err(e)),
+        Ok(bin) => {
+            println!("{BIN_ENV}={}", bin.display());
+            let result = run_live_lines(
+                cargo()
+                    .args(["test", "--workspace", "--exclude", "filter-ebpf"])
+                    .env(BIN_ENV, &bin)
+                    .env(REQUIRE_ENV, "1"),
+                TEST_TIMEOUT,
+                |line| totals.add(line),
+            );
+            step("tests", result);
+        }
+    }
+    if !failed_steps.is_empty() {
+        eprintln!("xtask test: failed steps: {}", failed_steps.join(", "));
+    }
+    println!("{} passed, {} failed", totals.passed, totals.failed);
+    if !failed_steps.is_empty() {
+        bail!("{} step(s) failed", failed_steps.len());
+    }
+    Ok(())
+}
+
+/// Clippy on the eBPF crate for `bpfel-unknown-none` with nightly (as the build compiles it),
+/// in its own target directory so it never waits on the host build's lock.
+fn clippy_ebpf() -> Result<()> {
+    let target_dir = crate::process::workspace_root().join("target/clippy-ebpf");
+    run_live(
+        cargo()
+            .args([
+                "+nightly",
+                "clippy",
+                "-p",
+                "filter-ebpf",
+                "--bins",
+                "--release",
+            ])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .args(["--", "-D", "warnings"]),
+        BUILD_TIMEOUT,
+    )
+}
+
+/// Test counts summed over cargo test's `test result:` lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+impl Totals {
+    /// Adds the counts of `line` if it is a `test result: ok. N passed; M failed; ...` line.
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match label {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_result_lines() {
+        let mut t = Totals::default();
+        t.add("test result: ok. 17 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.21s");
+        t.add("test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
+        t.add("test foo ... ok");
+        t.add("running 3 tests");
+        assert_eq!(
+            t,
+            Totals {
+                passed: 18,
+                failed: 2
+            }
+        );
+    }
+}
