@@ -163,10 +163,55 @@ pub fn attach_interface(
     Ok(mode)
 }
 
-/// Detaches `interface` by removing its pinned link.
+/// Detaches `interface`: detaches its pinned link from the interface right away
+/// (`BPF_LINK_DETACH`), then removes the pin. Unpinning alone would detach only once the kernel
+/// frees the link, which it defers.
 pub fn detach_interface(layout: &PinLayout, interface: &str) -> Result<(), AttachError> {
     let path = layout.link(interface);
+    detach_pinned_link(&path).map_err(pin_error("detaching the link pinned at", path.clone()))?;
     std::fs::remove_file(&path).map_err(pin_error("unpinning the link", path))
+}
+
+/// `BPF_OBJ_GET` on `path`, then `BPF_LINK_DETACH` on the link it names.
+fn detach_pinned_link(path: &std::path::Path) -> io::Result<()> {
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // union bpf_attr for BPF_OBJ_GET: { u64 pathname; u32 bpf_fd; u32 file_flags; ... }.
+    let mut get = [0u64; 4];
+    get[0] = c_path.as_ptr() as u64;
+    // SAFETY: `get` is a zero-padded bpf_attr whose pathname points at a live C string.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            get.as_ptr(),
+            std::mem::size_of_val(&get),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor; we own it.
+    let link = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    // union bpf_attr for BPF_LINK_DETACH: { u32 link_fd; }.
+    let mut detach = [0u32; 4];
+    detach[0] = std::os::fd::AsRawFd::as_raw_fd(&link) as u32;
+    // SAFETY: `detach` is a zero-padded bpf_attr naming an open link descriptor.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            detach.as_ptr(),
+            std::mem::size_of_val(&detach),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Interfaces with a pinned link under `layout`.
@@ -202,4 +247,125 @@ pub fn remove_all_pins(layout: &PinLayout) -> Result<(), AttachError> {
         }
     }
     Ok(())
+}
+
+/// What [`replace_program`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Replacement {
+    /// The pinned program is the embedded version; nothing changed.
+    Unchanged {
+        /// Kernel id of the pinned program.
+        program_id: u32,
+    },
+    /// The embedded program now runs on every pinned link.
+    Replaced {
+        /// Kernel id of the program that ran before.
+        old_id: u32,
+        /// Kernel id of the program that runs now (and is pinned).
+        new_id: u32,
+        /// Interfaces whose link was updated.
+        interfaces: Vec<String>,
+    },
+}
+
+/// Loads the embedded program next to the pinned one (reusing the pinned maps) and, when it
+/// differs from the pinned program (its kernel tag, a hash of the instructions) or `force` is
+/// set, swaps it in on every pinned link with `bpf_link_update` and pins it in place of the old
+/// one. The links are never detached: each interface goes from the old program to the new one
+/// atomically, with no packet unfiltered. On error, links already updated keep the new
+/// program; the others keep the old one (both read the same maps).
+pub fn replace_program(layout: &PinLayout, force: bool) -> Result<Replacement, AttachError> {
+    use aya::{
+        maps::MapData,
+        programs::{ProgramInfo, links::PinnedLink, xdp::XdpLink},
+    };
+
+    let old = ProgramInfo::from_pin(layout.program())
+        .map_err(program_error("reading the pinned program".into()))?;
+    let capacity = MapData::from_pin(layout.map(MAP_V4_SLOT0))
+        .and_then(|map| map.info())
+        .map(|info| info.max_entries())
+        .map_err(|e| AttachError::Pin {
+            action: "reading the capacity of",
+            path: layout.map(MAP_V4_SLOT0),
+            source: io::Error::other(e),
+        })?;
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(layout.root());
+    for trie in [MAP_V4_SLOT0, MAP_V4_SLOT1, MAP_V6_SLOT0, MAP_V6_SLOT1] {
+        loader.map_max_entries(trie, capacity);
+    }
+    loader.map_max_entries(MAP_RULE_HITS, rule_capacity(capacity));
+    let mut ebpf = loader.load(OBJECT).map_err(AttachError::Load)?;
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or_else(|| AttachError::Program {
+            action: format!("finding program {PROGRAM_NAME} in the object file"),
+            source: ProgramError::AlreadyLoaded,
+        })?
+        .try_into()
+        .map_err(program_error("reading the program".into()))?;
+    program
+        .load()
+        .map_err(program_error("loading the program into the kernel".into()))?;
+    let new = program
+        .info()
+        .map_err(program_error("reading the new program".into()))?;
+    if !force && new.tag() == old.tag() {
+        return Ok(Replacement::Unchanged {
+            program_id: old.id(),
+        });
+    }
+    let interfaces = attached_interfaces(layout);
+    for interface in &interfaces {
+        let path = layout.link(interface);
+        let link = PinnedLink::from_pin(&path)
+            .map_err(|e| AttachError::Pin {
+                action: "opening the pinned link",
+                path: path.clone(),
+                source: io::Error::other(e),
+            })
+            .and_then(|pinned| {
+                XdpLink::try_from(FdLink::from(pinned)).map_err(|e| AttachError::Pin {
+                    action: "the pinned link is not an XDP link:",
+                    path: path.clone(),
+                    source: io::Error::other(e),
+                })
+            })?;
+        program.attach_to_link(link).map_err(program_error(format!(
+            "replacing the program on {interface}"
+        )))?;
+    }
+    // Pin under a temporary name, then rename over the old pin: the program pin never
+    // disappears. (bpffs reserves names with a dot.)
+    let staged = layout.root().join(format!("{PROGRAM_NAME}_next"));
+    let _ = std::fs::remove_file(&staged);
+    program.pin(&staged).map_err(|e| AttachError::Pin {
+        action: "pinning the new program at",
+        path: staged.clone(),
+        source: io::Error::other(e),
+    })?;
+    std::fs::rename(&staged, layout.program()).map_err(pin_error(
+        "renaming the new program pin to",
+        layout.program(),
+    ))?;
+    Ok(Replacement::Replaced {
+        old_id: old.id(),
+        new_id: new.id(),
+        interfaces,
+    })
+}
+
+/// Kernel id of the pinned program, if one is pinned.
+pub fn program_id(layout: &PinLayout) -> Option<u32> {
+    aya::programs::ProgramInfo::from_pin(layout.program())
+        .ok()
+        .map(|info| info.id())
+}
+
+/// Kernel link id and program id of `interface`'s pinned link.
+pub fn link_ids(layout: &PinLayout, interface: &str) -> Option<(u32, u32)> {
+    let pinned = aya::programs::links::PinnedLink::from_pin(layout.link(interface)).ok()?;
+    let info = FdLink::from(pinned).info().ok()?;
+    Some((info.id(), info.program_id()))
 }

@@ -9,15 +9,45 @@ use serde::Serialize;
 
 use crate::{
     attach::XdpModeChoice,
+    daemon::{
+        self, DaemonOptions,
+        desired::{Diff, Resolved, ResolvedEntry},
+        protocol::{ChangeFlags, ModeChange, RangesChange, Reply, Request},
+    },
     filter::{self, AttachOptions, DetachTarget, Filter},
-    paths::{DEFAULT_BPFFS_DIR, PinLayout},
-    policy::{Mode, parse_ports},
+    paths::{DEFAULT_BPFFS_DIR, DEFAULT_CONFIG_FILE, DEFAULT_SOCKET, PinLayout},
+    policy::{Mode, Policy, parse_ports},
     ranges::language::{RangeList, parse_authorized, parse_prefixes},
+    remote,
 };
+
+/// How the CLI and the daemon share the work, shown in `apifence --help`.
+const DAEMON_NOTE: &str = "With an apifence daemon running (apifence daemon --config FILE), \
+`ranges set/add/remove/show` and `mode` go through its socket (--socket): the daemon owns the \
+desired state, persists it and applies it. When no daemon answers on the socket, these commands \
+work directly on the pins under --bpffs.";
+
+/// `apifence daemon --help`.
+const DAEMON_HELP: &str = "Example:
+  apifence daemon --config /etc/apifence/apifence.toml
+
+The daemon loads the config (see `apifence check-config`), adopts a filter already pinned under
+its bpffs directory (never detaching it) or loads and attaches one, applies the desired state,
+and listens on its socket (mode 0600, root only). It reloads when the config file (or its
+service tags file) changes and on SIGHUP; an invalid config is logged and counted, and the last
+good state stays enforced. On SIGTERM or SIGINT it exits and the filter keeps enforcing; only
+`apifence detach` removes it. A newer program replaces the pinned one on the existing links.
+The config decides bpffs, state_dir and socket (the global --bpffs and --socket are not used).
+Logs go to stderr; APIFENCE_LOG=debug shows more.
+
+Socket protocol: one JSON request per line, one JSON response per line, for example
+  {\"op\":\"ranges_add\",\"list\":\"203.0.113.7\",\"dry_run\":false,\"force\":false}
+  {\"ok\":{\"type\":\"change\",\"applied\":true,...}}   or   {\"error\":{\"kind\":\"...\",\"message\":\"...\"}}
+Operations: ranges_set, ranges_add, ranges_remove, mode, show, status, reload, denied.";
 
 /// apifence: only authorized source ranges reach the Kubernetes API server, enforced in XDP.
 #[derive(Debug, Parser)]
-#[command(name = "apifence", version, about, long_about = None)]
+#[command(name = "apifence", version, about, long_about = None, after_help = DAEMON_NOTE)]
 pub struct Cli {
     /// bpffs directory holding the pinned program, maps and links.
     #[arg(long, global = true, env = "APIFENCE_BPFFS", default_value = DEFAULT_BPFFS_DIR)]
@@ -26,6 +56,10 @@ pub struct Cli {
     /// mount namespace so pins persist (unlike `ip netns exec`).
     #[arg(long, global = true, env = "APIFENCE_NETNS")]
     pub netns: Option<String>,
+    /// Unix socket of the apifence daemon. When a daemon answers there, `ranges` and `mode`
+    /// go through it; when none answers, they work directly on the pins.
+    #[arg(long, global = true, env = "APIFENCE_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -81,11 +115,16 @@ pub enum Command {
     )]
     Ranges(RangesCommand),
     /// Switch between enforce and monitor without re-attaching.
-    #[command(after_help = "Example:\n  apifence mode monitor")]
+    #[command(after_help = "Example:\n  apifence mode monitor\n\n\
+        Through the daemon the mode persists across restarts until the config's `mode` line \
+        changes. Without a daemon it changes the pins directly.")]
     Mode {
         /// enforce or monitor.
         #[arg(value_enum)]
         mode: ModeArg,
+        /// Dry run and force.
+        #[command(flatten)]
+        flags: ChangeArgs,
     },
     /// Verdict counters and hits per range.
     #[command(after_help = "Example:\n  apifence stats --json")]
@@ -94,6 +133,81 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the daemon: the one owner of the desired state, with live reload.
+    #[command(after_help = DAEMON_HELP)]
+    Daemon {
+        /// The config file (TOML; see `apifence check-config`).
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG_FILE)]
+        config: PathBuf,
+        /// Reload only on SIGHUP or `apifence reload`, not when the file changes.
+        #[arg(long)]
+        no_watch: bool,
+        /// Load the embedded program and swap it in on the attached links even when the pinned
+        /// program is the same version (exercises the upgrade path; never detaches).
+        #[arg(long)]
+        replace_program: bool,
+    },
+    /// Validate a daemon config file and show what it compiles to; changes nothing.
+    #[command(
+        after_help = "Examples:\n  apifence check-config /etc/apifence/apifence.toml\n  \
+        apifence check-config --json apifence.toml\n\n\
+        Prints the entries per address family before and after merging; exits non-zero with \
+        the offending key or entry when the file is invalid."
+    )]
+    CheckConfig {
+        /// The config file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the daemon's status: reloads, last apply, program and links.
+    #[command(after_help = "Example:\n  apifence status --json")]
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the daemon to re-read its config file now (as SIGHUP) and report the outcome.
+    #[command(after_help = "Example:\n  apifence reload")]
+    Reload,
+    /// Sources the filter denied recently (from the daemon's deny log), most packets first.
+    #[command(
+        after_help = "Examples:\n  apifence denied\n  apifence denied --top 5 --json\n\n\
+        Shows source, packets, port, interface, first and last seen (in monitor mode: packets \
+        that would have been dropped), so you can find the address you really come from. \
+        JSON: a list of objects with keys source, count, first_seen, last_seen (RFC 3339), \
+        port and interface. Needs the daemon."
+    )]
+    Denied {
+        /// Show at most N sources.
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        top: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Flags of every change.
+#[derive(Debug, Default, Args)]
+pub struct ChangeArgs {
+    /// Print what would change (added, removed and merged entries) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Apply even if a safety check of the daemon refuses.
+    #[arg(long)]
+    force: bool,
+}
+
+impl ChangeArgs {
+    fn flags(&self) -> ChangeFlags {
+        ChangeFlags {
+            dry_run: self.dry_run,
+            force: self.force,
+        }
+    }
 }
 
 /// `apifence mode` values.
@@ -142,6 +256,16 @@ pub struct ListArgs {
     /// Read the list from a file ("-" = stdin); `#` starts a comment.
     #[arg(long, value_name = "PATH")]
     file: Option<PathBuf>,
+    /// Note kept with each entry given (set and add, through the daemon).
+    #[arg(long, value_name = "TEXT")]
+    note: Option<String>,
+    /// When the entries given expire, RFC 3339 such as 2026-12-01T00:00:00Z (set and add,
+    /// through the daemon).
+    #[arg(long, value_name = "TIME")]
+    expires: Option<String>,
+    /// Dry run and force.
+    #[command(flatten)]
+    change: ChangeArgs,
 }
 
 impl ListArgs {
@@ -217,6 +341,14 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Detach { interfaces, all } => {
+            if daemon::answers(&cli.socket) {
+                eprintln!(
+                    "note: an apifence daemon answers on {}; it attaches the filter again on its \
+                     next change or reload; stop it first (systemctl stop apifence) to keep the \
+                     filter off",
+                    cli.socket.display()
+                );
+            }
             let target = if all {
                 DetachTarget::All
             } else {
@@ -235,18 +367,118 @@ pub fn run(cli: Cli) -> Result<()> {
                 println!("nothing attached under {}", layout.root().display());
             }
         }
-        Command::Ranges(RangesCommand::Show { json }) => show(&layout, json)?,
-        Command::Ranges(change) => change_ranges(&layout, &change)?,
-        Command::Mode { mode } => {
-            let mut filter = Filter::open_for_write(&layout)?;
-            let mut policy = filter.record()?.policy;
-            policy.mode = match mode {
+        Command::Ranges(RangesCommand::Show { json }) => {
+            match remote::call(&cli.socket, &Request::Show)? {
+                Some(Reply::Show(reply)) => remote::print_show(&reply, json)?,
+                Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
+                None => show(&layout, json)?,
+            }
+        }
+        Command::Ranges(change) => change_ranges(&layout, &cli.socket, &change)?,
+        Command::Mode { mode, flags } => {
+            let mode = match mode {
                 ModeArg::Enforce => Mode::Enforce,
                 ModeArg::Monitor => Mode::Monitor,
             };
-            filter.apply_policy(policy.clone())?;
-            println!("mode: {}", policy.mode.as_str());
+            let request = Request::Mode(ModeChange {
+                mode,
+                flags: flags.flags(),
+            });
+            match remote::call(&cli.socket, &request)? {
+                Some(Reply::Change(reply)) if reply.dry_run => remote::print_change(&reply),
+                Some(Reply::Change(_)) => println!("mode: {}", mode.as_str()),
+                Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
+                None => {
+                    let mut filter = Filter::open_for_write(&layout)?;
+                    let current = filter.record()?.policy;
+                    let mut policy = current.clone();
+                    policy.mode = mode;
+                    if flags.dry_run {
+                        print_direct_dry_run(&current, &policy)?;
+                    } else {
+                        filter.apply_policy(policy.clone())?;
+                        println!("mode: {}", policy.mode.as_str());
+                    }
+                }
+            }
         }
+        Command::Daemon {
+            config,
+            no_watch,
+            replace_program,
+        } => {
+            daemon::init_logging();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("apifence-daemon")
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let options = DaemonOptions {
+                config,
+                replace_program,
+                watch: !no_watch,
+            };
+            let result = runtime.block_on(async {
+                let shutdown = daemon::shutdown_signal();
+                daemon::run(options, daemon::features::standard(), shutdown).await
+            });
+            // Don't wait on work stuck past the daemon's own shutdown bounds.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            result?;
+        }
+        Command::CheckConfig { file, json } => {
+            let mut features = daemon::features::standard();
+            let report = daemon::check::check(&file, features.as_mut())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+        }
+        Command::Status { json } => match remote::call(&cli.socket, &Request::Status)? {
+            Some(Reply::Status(status)) => remote::print_status(&status, json)?,
+            Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
+            None => bail!(
+                "no apifence daemon answers on {}; start it (systemctl start apifence) or pass \
+                 the socket it uses with --socket",
+                cli.socket.display()
+            ),
+        },
+        Command::Denied { top, json } => {
+            let query = Request::Denied(crate::deny_log::DeniedQuery { top: Some(top) });
+            match remote::call(&cli.socket, &query)? {
+                Some(Reply::Denied(report)) if json => {
+                    println!("{}", serde_json::to_string_pretty(&report.sources)?);
+                }
+                Some(Reply::Denied(report)) => print!("{}", report.table()),
+                Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
+                None => bail!(
+                    "no apifence daemon answers on {}; the deny log is kept by the daemon \
+                     (apifence daemon --config FILE), or pass the socket it uses with --socket",
+                    cli.socket.display()
+                ),
+            }
+        }
+        Command::Reload => match remote::call(&cli.socket, &Request::Reload)? {
+            Some(Reply::Reload(reload)) => {
+                for warning in &reload.warnings {
+                    eprintln!("warning: {warning}");
+                }
+                if reload.changed {
+                    println!("reloaded; changes:");
+                    print!("{}", remote::render_diff(&reload.diff));
+                } else {
+                    println!("reloaded; nothing enforced changed");
+                }
+            }
+            Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
+            None => bail!(
+                "no apifence daemon answers on {}; start it (systemctl start apifence) or pass \
+                 the socket it uses with --socket",
+                cli.socket.display()
+            ),
+        },
         Command::Stats { json } => {
             let stats = Filter::open(&layout)?.stats()?;
             if json {
@@ -276,7 +508,11 @@ pub fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn change_ranges(layout: &PinLayout, change: &RangesCommand) -> Result<()> {
+fn change_ranges(
+    layout: &PinLayout,
+    socket: &std::path::Path,
+    change: &RangesCommand,
+) -> Result<()> {
     let (args, verb) = match change {
         RangesCommand::Set(args) => (args, "set"),
         RangesCommand::Add(args) => (args, "add"),
@@ -284,6 +520,48 @@ fn change_ranges(layout: &PinLayout, change: &RangesCommand) -> Result<()> {
         RangesCommand::Show { .. } => return Ok(()),
     };
     let text = args.text()?;
+    if verb == "remove" && (args.note.is_some() || args.expires.is_some()) {
+        bail!("--note and --expires go with ranges set and ranges add, not remove");
+    }
+    let expires = args
+        .expires
+        .as_deref()
+        .map(|t| {
+            time::OffsetDateTime::parse(t.trim(), &time::format_description::well_known::Rfc3339)
+                .with_context(|| {
+                    format!(
+                        "--expires {t:?} is not an RFC 3339 date-time with a UTC offset; \
+                         write it like 2026-12-01T00:00:00Z"
+                    )
+                })
+        })
+        .transpose()?;
+    let body = RangesChange {
+        list: text.clone(),
+        note: args.note.clone(),
+        expires,
+        flags: args.change.flags(),
+    };
+    let request = match verb {
+        "set" => Request::RangesSet(body),
+        "add" => Request::RangesAdd(body),
+        _ => Request::RangesRemove(body),
+    };
+    match remote::call(socket, &request)? {
+        Some(Reply::Change(reply)) => {
+            remote::print_change(&reply);
+            return Ok(());
+        }
+        Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
+        None => {}
+    }
+    if args.note.is_some() || args.expires.is_some() {
+        bail!(
+            "--note and --expires need the apifence daemon (none answers on {}); the pins alone \
+             keep no notes or expiry",
+            socket.display()
+        );
+    }
     let mut filter = Filter::open_for_write(layout)?;
     let mut policy = filter.record()?.policy;
     let current = parse_authorized(&policy.ranges)?;
@@ -292,7 +570,11 @@ fn change_ranges(layout: &PinLayout, change: &RangesCommand) -> Result<()> {
         "add" => current.add(&parse_prefixes(&text)?),
         _ => current.remove(&parse_prefixes(&text)?)?,
     };
+    let before = policy.clone();
     policy.ranges = next.to_text();
+    if args.change.dry_run {
+        return print_direct_dry_run(&before, &policy);
+    }
     let report = filter.apply_policy(policy)?;
     match next {
         RangeList::Disabled => println!("filtering disabled: all traffic passes"),
@@ -378,5 +660,31 @@ fn show(layout: &PinLayout, json: bool) -> Result<()> {
     for range in &out.ranges {
         println!("  {range}");
     }
+    Ok(())
+}
+
+/// A policy as the daemon's [`Resolved`], so the direct CLI can print the same diff.
+fn as_resolved(policy: &Policy) -> Result<Resolved> {
+    let list = parse_authorized(&policy.ranges)?;
+    Ok(Resolved {
+        policy: policy.clone(),
+        entries: list
+            .entries()
+            .iter()
+            .map(|net| ResolvedEntry {
+                entry: daemon::desired::RangeEntry::plain(crate::ranges::language::Entry::Prefix(
+                    *net,
+                )),
+                prefixes: vec![*net],
+            })
+            .collect(),
+    })
+}
+
+/// `--dry-run` without a daemon: print what would change, change nothing.
+fn print_direct_dry_run(before: &Policy, after: &Policy) -> Result<()> {
+    let diff = Diff::between(&as_resolved(before)?, &as_resolved(after)?);
+    println!("dry run: nothing was changed; the change would do this:");
+    print!("{}", remote::render_diff(&diff));
     Ok(())
 }

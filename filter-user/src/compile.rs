@@ -31,7 +31,7 @@ pub struct CompiledSlot {
 }
 
 /// Entries per address family.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FamilyCounts {
     /// IPv4 prefixes.
     pub v4: usize,

@@ -10,6 +10,13 @@ pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/apifence";
 pub const SYSTEM_BPFFS_MOUNT: &str = "/sys/fs/bpf";
 /// Named network namespaces as made by `ip netns add`.
 pub const NETNS_RUN_DIR: &str = "/var/run/netns";
+/// Default configuration file of `apifence daemon`.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/apifence/apifence.toml";
+/// Default directory where the daemon keeps its durable state (config key `state_dir`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/apifence";
+/// Default Unix socket the daemon listens on and the CLI talks to (config key `socket`,
+/// CLI `--socket`, env `APIFENCE_SOCKET`).
+pub const DEFAULT_SOCKET: &str = "/run/apifence/apifence.sock";
 
 /// Pin locations under one bpffs directory.
 #[derive(Clone, Debug)]
@@ -46,6 +53,39 @@ impl PinLayout {
     /// The pinned XDP link of `interface`.
     pub fn link(&self, interface: &str) -> PathBuf {
         self.links_dir().join(interface)
+    }
+}
+
+/// Files under the daemon's `state_dir`.
+#[derive(Clone, Debug)]
+pub struct StateLayout {
+    dir: PathBuf,
+}
+
+impl StateLayout {
+    /// Layout rooted at `dir` (the `state_dir` config key).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The state directory itself.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The desired state the CLI set through the daemon (JSON, replaced atomically).
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    /// Where a new state file is written before it is renamed over [`Self::state_file`].
+    pub fn state_file_tmp(&self) -> PathBuf {
+        self.dir.join("state.json.tmp")
+    }
+
+    /// Held (`flock`) by the running daemon, so two daemons never share one state.
+    pub fn lock_file(&self) -> PathBuf {
+        self.dir.join("daemon.lock")
     }
 }
 

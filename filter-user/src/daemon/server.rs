@@ -1,0 +1,188 @@
+//! The Unix socket: created mode 0600 (root only), one task per connection, each request
+//! handed to the engine and answered in order. Peers that are not root are refused even if the
+//! file mode was loosened.
+
+use std::{
+    io,
+    os::unix::{fs::PermissionsExt, net::UnixListener as StdListener},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot, watch},
+};
+use tracing::{debug, warn};
+
+use crate::daemon::{
+    DaemonError,
+    engine::Command,
+    protocol::{self, ErrorKind, ErrorReply, MAX_LINE, Request, Response},
+};
+
+/// Binds the socket at `path`: creates its directory (0700) when missing, refuses when a
+/// daemon already answers there, removes a stale socket file, and creates the socket with
+/// mode 0600.
+pub fn bind(path: &Path) -> Result<StdListener, DaemonError> {
+    let socket_error = |action: &'static str| {
+        let path = path.to_path_buf();
+        move |source: io::Error| DaemonError::Socket {
+            action,
+            path,
+            source,
+        }
+    };
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(socket_error("creating the directory of"))?;
+    }
+    if path.exists() {
+        match protocol::call(path, &Request::Status, Duration::from_secs(5)) {
+            Ok(Response::Ok(protocol::Reply::Status(status))) => {
+                return Err(DaemonError::AlreadyRunning {
+                    what: format!("socket {}", path.display()),
+                    pid: Some(status.pid),
+                });
+            }
+            Ok(_) | Err(protocol::ClientError::Garbled { .. }) => {
+                return Err(DaemonError::AlreadyRunning {
+                    what: format!("socket {}", path.display()),
+                    pid: None,
+                });
+            }
+            Err(_) => {
+                std::fs::remove_file(path).map_err(socket_error("removing the stale socket"))?;
+            }
+        }
+    }
+    // The socket file gets its mode from the umask at bind time: bind under umask 0177 so it is
+    // never, even briefly, connectable by others.
+    // SAFETY: umask only swaps the process's file mode mask.
+    let previous = unsafe { libc::umask(0o177) };
+    let bound = StdListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    let listener = bound.map_err(socket_error("binding"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(socket_error("setting the mode of"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(socket_error("configuring"))?;
+    Ok(listener)
+}
+
+/// Accepts connections until `shutdown`, then removes the socket file.
+pub async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    commands: mpsc::Sender<Command>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let commands = commands.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = connection(stream, commands, shutdown).await {
+                            debug!(error = %e, "connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Whether the peer of `stream` may talk to the daemon: root, or the daemon's own user.
+fn allowed(stream: &UnixStream) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    stream
+        .peer_cred()
+        .map(|cred| cred.uid() == 0 || cred.uid() == me)
+        .unwrap_or(false)
+}
+
+async fn write_response(stream: &mut UnixStream, response: &Response) -> io::Result<()> {
+    let mut line = serde_json::to_vec(response).map_err(io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line).await
+}
+
+async fn connection(
+    mut stream: UnixStream,
+    commands: mpsc::Sender<Command>,
+    mut shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    if !allowed(&stream) {
+        let refusal = ErrorReply::new(
+            ErrorKind::Forbidden,
+            "only root can talk to the apifence daemon; run the command as root",
+        );
+        return write_response(&mut stream, &Response::Error(refusal)).await;
+    }
+    let (read, mut write) = stream.split();
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let mut limited = (&mut reader).take(MAX_LINE as u64 + 1);
+        let read = tokio::select! {
+            read = limited.read_until(b'\n', &mut line) => read?,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        if read == 0 {
+            return Ok(());
+        }
+        let response = if line.len() > MAX_LINE {
+            Response::Error(ErrorReply::new(
+                ErrorKind::BadRequest,
+                format!("request longer than {MAX_LINE} bytes; send a shorter list"),
+            ))
+        } else {
+            match serde_json::from_slice::<Request>(&line) {
+                Err(e) => Response::Error(ErrorReply::new(
+                    ErrorKind::BadRequest,
+                    format!("not a request ({e}); see the protocol in `apifence daemon --help`"),
+                )),
+                Ok(request) => {
+                    let (reply, answer) = oneshot::channel();
+                    if commands
+                        .send(Command::Request { request, reply })
+                        .await
+                        .is_err()
+                    {
+                        return Ok(());
+                    }
+                    match answer.await {
+                        Ok(response) => response,
+                        Err(_) => return Ok(()),
+                    }
+                }
+            }
+        };
+        let mut bytes = serde_json::to_vec(&response).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        write.write_all(&bytes).await?;
+        if line.len() > MAX_LINE {
+            return Ok(());
+        }
+    }
+}
