@@ -3,7 +3,7 @@
 use std::{io, path::PathBuf};
 
 use aya::{
-    EbpfLoader,
+    Ebpf, EbpfLoader,
     programs::{ProgramError, Xdp, XdpMode, links::FdLink},
 };
 use aya_obj::programs::XdpAttachType;
@@ -75,15 +75,23 @@ fn pin_error(action: &'static str, path: PathBuf) -> impl FnOnce(io::Error) -> A
     }
 }
 
+/// [`pin_error`] for aya's pin and link errors.
+fn pin_failure<E>(action: &'static str, path: PathBuf) -> impl FnOnce(E) -> AttachError
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    move |e| pin_error(action, path)(io::Error::other(e))
+}
+
 /// Whether a program is pinned under `layout`.
 pub fn is_loaded(layout: &PinLayout) -> bool {
     layout.program().exists()
 }
 
-/// Loads the program and creates its maps (reusing any maps already pinned there, so a
-/// half-finished earlier attach loses nothing), pinning program and maps under `layout`.
-/// `capacity` sizes the tries of a fresh load.
-pub fn load_and_pin(layout: &PinLayout, capacity: u32) -> Result<(), AttachError> {
+/// Loads the embedded object with tries of `capacity` prefixes per family, reusing the maps
+/// pinned under `layout` (creating and pinning those that are missing), and loads its XDP
+/// program into the kernel (not pinned, not attached).
+fn load_embedded(layout: &PinLayout, capacity: u32) -> Result<Ebpf, AttachError> {
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(layout.root());
     for trie in [MAP_V4_SLOT0, MAP_V4_SLOT1, MAP_V6_SLOT0, MAP_V6_SLOT1] {
@@ -91,24 +99,32 @@ pub fn load_and_pin(layout: &PinLayout, capacity: u32) -> Result<(), AttachError
     }
     loader.map_max_entries(MAP_RULE_HITS, rule_capacity(capacity));
     let mut ebpf = loader.load(OBJECT).map_err(AttachError::Load)?;
-    let program: &mut Xdp = ebpf
-        .program_mut(PROGRAM_NAME)
+    embedded_program(&mut ebpf)?
+        .load()
+        .map_err(program_error("loading the program into the kernel".into()))?;
+    Ok(ebpf)
+}
+
+/// The XDP program of the embedded object.
+fn embedded_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, AttachError> {
+    ebpf.program_mut(PROGRAM_NAME)
         .ok_or_else(|| AttachError::Program {
             action: format!("finding program {PROGRAM_NAME} in the object file"),
             source: ProgramError::AlreadyLoaded,
         })?
         .try_into()
-        .map_err(program_error("reading the program".into()))?;
-    program
-        .load()
-        .map_err(program_error("loading the program into the kernel".into()))?;
+        .map_err(program_error("reading the program".into()))
+}
+
+/// Loads the program and creates its maps (reusing any maps already pinned there, so a
+/// half-finished earlier attach loses nothing), pinning program and maps under `layout`.
+/// `capacity` sizes the tries of a fresh load.
+pub fn load_and_pin(layout: &PinLayout, capacity: u32) -> Result<(), AttachError> {
+    let mut ebpf = load_embedded(layout, capacity)?;
+    let program = embedded_program(&mut ebpf)?;
     program
         .pin(layout.program())
-        .map_err(|e| AttachError::Pin {
-            action: "pinning the program at",
-            path: layout.program(),
-            source: io::Error::other(e),
-        })?;
+        .map_err(pin_failure("pinning the program at", layout.program()))?;
     let links = layout.links_dir();
     std::fs::create_dir_all(&links).map_err(pin_error("creating", links))
 }
@@ -150,16 +166,13 @@ pub fn attach_interface(
         .take_link(link_id)
         .map_err(program_error(format!("taking the link of {interface}")))?;
     let path = layout.link(interface);
-    let fd_link = FdLink::try_from(link).map_err(|e| AttachError::Pin {
-        action: "the kernel gave no bpf_link (kernel 5.9 or later is required) for",
-        path: path.clone(),
-        source: io::Error::other(e),
-    })?;
-    fd_link.pin(&path).map_err(|e| AttachError::Pin {
-        action: "pinning the link at",
-        path,
-        source: io::Error::other(e),
-    })?;
+    let fd_link = FdLink::try_from(link).map_err(pin_failure(
+        "the kernel gave no bpf_link (kernel 5.9 or later is required) for",
+        path.clone(),
+    ))?;
+    fd_link
+        .pin(&path)
+        .map_err(pin_failure("pinning the link at", path))?;
     Ok(mode)
 }
 
@@ -180,38 +193,38 @@ fn detach_pinned_link(path: &std::path::Path) -> io::Result<()> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // union bpf_attr for BPF_OBJ_GET: { u64 pathname; u32 bpf_fd; u32 file_flags; ... }.
-    let mut get = [0u64; 4];
-    get[0] = c_path.as_ptr() as u64;
+    let get = [c_path.as_ptr() as u64, 0, 0, 0];
     // SAFETY: `get` is a zero-padded bpf_attr whose pathname points at a live C string.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            get.as_ptr(),
-            std::mem::size_of_val(&get),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = unsafe { bpf(BPF_OBJ_GET, &get) }?;
     // SAFETY: the kernel just returned this descriptor; we own it.
     let link = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
     // union bpf_attr for BPF_LINK_DETACH: { u32 link_fd; }.
-    let mut detach = [0u32; 4];
-    detach[0] = std::os::fd::AsRawFd::as_raw_fd(&link) as u32;
+    let detach = [std::os::fd::AsRawFd::as_raw_fd(&link) as u32, 0, 0, 0];
     // SAFETY: `detach` is a zero-padded bpf_attr naming an open link descriptor.
+    unsafe { bpf(BPF_LINK_DETACH, &detach) }?;
+    Ok(())
+}
+
+/// The `bpf(2)` syscall: its non-negative result, or the error it set.
+///
+/// # Safety
+/// `attr` must be a zero-padded `union bpf_attr` that is valid for `cmd`, and every pointer in
+/// it must stay valid for the call.
+unsafe fn bpf<T>(cmd: libc::c_long, attr: &[T]) -> io::Result<libc::c_long> {
+    // SAFETY: as the caller promises.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_LINK_DETACH,
-            detach.as_ptr(),
-            std::mem::size_of_val(&detach),
+            cmd,
+            attr.as_ptr(),
+            std::mem::size_of_val(attr),
         )
     };
     if rc < 0 {
-        return Err(io::Error::last_os_error());
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
     }
-    Ok(())
 }
 
 /// Interfaces with a pinned link under `layout`.
@@ -285,29 +298,12 @@ pub fn replace_program(layout: &PinLayout, force: bool) -> Result<Replacement, A
     let capacity = MapData::from_pin(layout.map(MAP_V4_SLOT0))
         .and_then(|map| map.info())
         .map(|info| info.max_entries())
-        .map_err(|e| AttachError::Pin {
-            action: "reading the capacity of",
-            path: layout.map(MAP_V4_SLOT0),
-            source: io::Error::other(e),
-        })?;
-    let mut loader = EbpfLoader::new();
-    loader.default_map_pin_directory(layout.root());
-    for trie in [MAP_V4_SLOT0, MAP_V4_SLOT1, MAP_V6_SLOT0, MAP_V6_SLOT1] {
-        loader.map_max_entries(trie, capacity);
-    }
-    loader.map_max_entries(MAP_RULE_HITS, rule_capacity(capacity));
-    let mut ebpf = loader.load(OBJECT).map_err(AttachError::Load)?;
-    let program: &mut Xdp = ebpf
-        .program_mut(PROGRAM_NAME)
-        .ok_or_else(|| AttachError::Program {
-            action: format!("finding program {PROGRAM_NAME} in the object file"),
-            source: ProgramError::AlreadyLoaded,
-        })?
-        .try_into()
-        .map_err(program_error("reading the program".into()))?;
-    program
-        .load()
-        .map_err(program_error("loading the program into the kernel".into()))?;
+        .map_err(pin_failure(
+            "reading the capacity of",
+            layout.map(MAP_V4_SLOT0),
+        ))?;
+    let mut ebpf = load_embedded(layout, capacity)?;
+    let program = embedded_program(&mut ebpf)?;
     let new = program
         .info()
         .map_err(program_error("reading the new program".into()))?;
@@ -319,19 +315,10 @@ pub fn replace_program(layout: &PinLayout, force: bool) -> Result<Replacement, A
     let interfaces = attached_interfaces(layout);
     for interface in &interfaces {
         let path = layout.link(interface);
-        let link = PinnedLink::from_pin(&path)
-            .map_err(|e| AttachError::Pin {
-                action: "opening the pinned link",
-                path: path.clone(),
-                source: io::Error::other(e),
-            })
-            .and_then(|pinned| {
-                XdpLink::try_from(FdLink::from(pinned)).map_err(|e| AttachError::Pin {
-                    action: "the pinned link is not an XDP link:",
-                    path: path.clone(),
-                    source: io::Error::other(e),
-                })
-            })?;
+        let pinned = PinnedLink::from_pin(&path)
+            .map_err(pin_failure("opening the pinned link", path.clone()))?;
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(pin_failure("the pinned link is not an XDP link:", path))?;
         program.attach_to_link(link).map_err(program_error(format!(
             "replacing the program on {interface}"
         )))?;
@@ -340,11 +327,9 @@ pub fn replace_program(layout: &PinLayout, force: bool) -> Result<Replacement, A
     // disappears. (bpffs reserves names with a dot.)
     let staged = layout.root().join(format!("{PROGRAM_NAME}_next"));
     let _ = std::fs::remove_file(&staged);
-    program.pin(&staged).map_err(|e| AttachError::Pin {
-        action: "pinning the new program at",
-        path: staged.clone(),
-        source: io::Error::other(e),
-    })?;
+    program
+        .pin(&staged)
+        .map_err(pin_failure("pinning the new program at", staged.clone()))?;
     std::fs::rename(&staged, layout.program()).map_err(pin_error(
         "renaming the new program pin to",
         layout.program(),

@@ -12,7 +12,7 @@ use crate::{
     daemon::{
         self, DaemonOptions,
         desired::{Diff, Resolved, ResolvedEntry},
-        protocol::{ChangeFlags, ModeChange, RangesChange, Reply, Request},
+        protocol::{ChangeFlags, EntryMeta, ModeChange, RangesChange, Reply, Request},
     },
     filter::{self, AttachOptions, DetachTarget, Filter},
     paths::{DEFAULT_BPFFS_DIR, DEFAULT_CONFIG_FILE, DEFAULT_SOCKET, PinLayout},
@@ -324,6 +324,21 @@ pub fn run(cli: Cli) -> Result<()> {
             capacity,
             always_allow,
         } => {
+            // The daemon owns the policy of its pins: changing it here would go behind its back.
+            if (ports.is_some() || monitor || always_allow.is_some())
+                && let Ok(Some(Reply::Status(status))) = remote::call(&cli.socket, &Request::Status)
+                && status.bpffs == layout.root()
+            {
+                bail!(
+                    "the apifence daemon (pid {}) on {} owns the policy under {}: set ports, mode \
+                     and always_allow in its config file {} (it reloads on change) or with \
+                     apifence mode, or stop it first (systemctl stop apifence)",
+                    status.pid,
+                    cli.socket.display(),
+                    status.bpffs.display(),
+                    status.config.display()
+                );
+            }
             let options = AttachOptions {
                 interfaces,
                 ports: ports.as_deref().map(parse_ports).transpose()?,
@@ -370,7 +385,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Ranges(RangesCommand::Show { json }) => {
             match remote::call(&cli.socket, &Request::Show)? {
                 Some(Reply::Show(reply)) => remote::print_show(&reply, json)?,
-                Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
+                Some(other) => return Err(remote::unexpected(&cli.socket, &other)),
                 None => show(&layout, json)?,
             }
         }
@@ -387,7 +402,7 @@ pub fn run(cli: Cli) -> Result<()> {
             match remote::call(&cli.socket, &request)? {
                 Some(Reply::Change(reply)) if reply.dry_run => remote::print_change(&reply),
                 Some(Reply::Change(_)) => println!("mode: {}", mode.as_str()),
-                Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
+                Some(other) => return Err(remote::unexpected(&cli.socket, &other)),
                 None => {
                     let mut filter = Filter::open_for_write(&layout)?;
                     let current = filter.record()?.policy;
@@ -438,7 +453,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Status { json } => match remote::call(&cli.socket, &Request::Status)? {
             Some(Reply::Status(status)) => remote::print_status(&status, json)?,
-            Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
+            Some(other) => return Err(remote::unexpected(&cli.socket, &other)),
             None => bail!(
                 "no apifence daemon answers on {}; start it (systemctl start apifence) or pass \
                  the socket it uses with --socket",
@@ -452,7 +467,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     println!("{}", serde_json::to_string_pretty(&report.sources)?);
                 }
                 Some(Reply::Denied(report)) => print!("{}", report.table()),
-                Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
+                Some(other) => return Err(remote::unexpected(&cli.socket, &other)),
                 None => bail!(
                     "no apifence daemon answers on {}; the deny log is kept by the daemon \
                      (apifence daemon --config FILE), or pass the socket it uses with --socket",
@@ -472,7 +487,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     println!("reloaded; nothing enforced changed");
                 }
             }
-            Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
+            Some(other) => return Err(remote::unexpected(&cli.socket, &other)),
             None => bail!(
                 "no apifence daemon answers on {}; start it (systemctl start apifence) or pass \
                  the socket it uses with --socket",
@@ -538,8 +553,10 @@ fn change_ranges(
         .transpose()?;
     let body = RangesChange {
         list: text.clone(),
-        note: args.note.clone(),
-        expires,
+        meta: EntryMeta {
+            note: args.note.clone(),
+            expires,
+        },
         flags: args.change.flags(),
     };
     let request = match verb {
@@ -552,7 +569,7 @@ fn change_ranges(
             remote::print_change(&reply);
             return Ok(());
         }
-        Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
+        Some(other) => return Err(remote::unexpected(socket, &other)),
         None => {}
     }
     if args.note.is_some() || args.expires.is_some() {

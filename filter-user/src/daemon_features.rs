@@ -112,8 +112,6 @@ pub struct StandardFeatures {
     shared: Arc<Shared>,
     /// Expired entries already logged and counted: `(entry, expiry)`.
     reported_expired: BTreeSet<(String, OffsetDateTime)>,
-    /// Which connections the guard considers (from the config's interfaces).
-    guard: GuardOptions,
     /// The pins, once the tasks started.
     layout: Option<PinLayout>,
 }
@@ -172,8 +170,6 @@ impl StandardFeatures {
 
 impl Features for StandardFeatures {
     fn load_tags(&mut self, config: &Config) -> Result<Option<Arc<dyn TagSource>>, String> {
-        // Called at start and on every reload with the config in force.
-        self.guard = GuardOptions::for_interfaces(&config.interfaces);
         load_tags(config)
     }
 
@@ -224,7 +220,8 @@ impl Features for StandardFeatures {
             }
         };
         let denied = self.shared.deny_log().top(MAX_FLIP_CANDIDATES);
-        let impact = diff::impact(&before, &after, &connections, self.guard, &denied, &[]);
+        let guard = GuardOptions::for_interfaces(&plan.config.interfaces);
+        let impact = diff::impact(&before, &after, &connections, guard, &denied, &[]);
         let refusal = (guarded && !impact.cut.is_empty())
             .then(|| LockoutError::WouldCut(impact.cut.clone()).to_string());
         let mut json = serde_json::to_value(&impact).unwrap_or_default();
@@ -424,6 +421,7 @@ mod tests {
         let before = resolved("10.0.0.0/8", Mode::Enforce);
         let after = resolved("192.0.2.0/24", Mode::Enforce);
         let diff = crate::daemon::desired::Diff::between(&before, &after);
+        let config = Config::default();
         let plan = |origin, dry_run| Plan {
             origin,
             before: &before,
@@ -433,6 +431,7 @@ mod tests {
                 dry_run,
                 force: false,
             },
+            config: &config,
         };
         let review = features.review(&plan(Origin::Set, true));
         let impact = review.impact.expect("an impact");

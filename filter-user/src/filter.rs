@@ -379,14 +379,17 @@ fn attach_locked(
             asked,
         });
     }
-    let mut record = match filter.record() {
-        Ok(record) => record,
+    let (mut record, original) = match filter.record() {
+        Ok(record) => (record.clone(), Some(record)),
         // A fresh load (or maps left by an interrupted attach without a record).
-        Err(FilterError::BadRecord { .. }) => Record {
-            version: RECORD_VERSION,
-            policy: Policy::default(),
-            ..Record::default()
-        },
+        Err(FilterError::BadRecord { .. }) => (
+            Record {
+                version: RECORD_VERSION,
+                policy: Policy::default(),
+                ..Record::default()
+            },
+            None,
+        ),
         Err(e) => return Err(e),
     };
     record.attachment.mounted_bpffs |= mounted;
@@ -401,17 +404,26 @@ fn attach_locked(
     }
     // The policy goes live before any interface sees the program.
     filter.apply(&record)?;
-    for interface in &options.interfaces {
-        if layout.link(interface).exists() {
-            report.already.push(interface.clone());
-            continue;
+    let mut attach_all = || {
+        for interface in &options.interfaces {
+            if layout.link(interface).exists() {
+                report.already.push(interface.clone());
+                continue;
+            }
+            let mode = attach::attach_interface(layout, interface, options.xdp_mode)?;
+            report.attached.push((interface.clone(), mode));
+            record.attachment.interfaces.insert(interface.clone(), mode);
         }
-        let mode = attach::attach_interface(layout, interface, options.xdp_mode)?;
-        report.attached.push((interface.clone(), mode));
-        record.attachment.interfaces.insert(interface.clone(), mode);
+        filter.apply(&record).map(drop)
+    };
+    let result = attach_all();
+    if result.is_err()
+        && let Some(original) = original
+    {
+        // Nothing changed: the policy as it was (the caller detaches what was attached).
+        let _ = filter.apply(&original);
     }
-    filter.apply(&record)?;
-    Ok(())
+    result
 }
 
 /// Which interfaces `detach` removes.

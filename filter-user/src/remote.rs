@@ -32,6 +32,19 @@ pub fn call(socket: &Path, request: &Request) -> Result<Option<Reply>> {
     }
 }
 
+/// The error for a reply of the wrong kind (a daemon of another version).
+pub fn unexpected(socket: &Path, reply: &Reply) -> anyhow::Error {
+    let kind = serde_json::to_value(reply)
+        .ok()
+        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+        .unwrap_or_default();
+    anyhow::anyhow!(
+        "the apifence daemon on {} answered with a {kind:?} reply to another request; is it the \
+         same version as this CLI (apifence status shows its version)?",
+        socket.display()
+    )
+}
+
 /// Human text of a diff, one line per item, indented by two spaces.
 pub fn render_diff(diff: &Diff) -> String {
     let mut out = String::new();
@@ -175,10 +188,10 @@ pub fn print_show(show: &ShowReply, json: bool) -> Result<()> {
                 entry.expanded, entry.merged
             );
         }
-        if let Some(note) = &entry.note {
+        if let Some(note) = &entry.meta.note {
             let _ = write!(line, "  # {note}");
         }
-        if let Some(expires) = entry.expires {
+        if let Some(expires) = entry.meta.expires {
             let _ = write!(
                 line,
                 "  [expires {}]",

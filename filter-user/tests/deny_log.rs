@@ -2,6 +2,7 @@
 //! the kernel reports them through the pinned ring buffer, and [`DenyReader`] aggregates them.
 
 use std::{
+    future::Future,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
     time::Duration,
@@ -9,18 +10,16 @@ use std::{
 
 use apifence::{
     deny_log::{DenyLog, DenyReader, interface_name},
-    filter::{self, AttachOptions, Filter, Stats},
-    paths::PinLayout,
+    filter,
     policy::{Mode, Policy},
 };
-use apifence_tests::{bpffs::Bpffs, frame::Frame, require_privileges};
-use aya::programs::{TestRun, TestRunOptions, Xdp};
-use aya_obj::programs::XdpAttachType;
+use apifence_tests::{frame::Frame, require_privileges};
 use filter_common::DENY_EVENTS_PER_SEC_PER_CPU;
 use time::OffsetDateTime;
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
+mod support;
+
+use support::{Lab, XDP_DROP, XDP_PASS};
 
 const API: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const API6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xafde, 0, 0, 0, 0, 0, 1);
@@ -29,58 +28,40 @@ const STRANGER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const OTHER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 77);
 const STRANGER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 5);
 
-/// The program loaded and pinned in a private bpffs, with a policy applied.
-struct Lab {
-    program: Xdp,
-    layout: PinLayout,
-    _bpffs: Bpffs,
+/// The policy of every test here: `AUTHORIZED` is in, in `mode`.
+fn policy(mode: Mode) -> Policy {
+    Policy {
+        ranges: "198.51.100.0/24".into(),
+        mode,
+        ..Policy::default()
+    }
 }
 
-impl Lab {
-    fn new(mode: Mode) -> Lab {
-        let bpffs = Bpffs::new().expect("mount a private bpffs");
-        let layout = PinLayout::new(bpffs.path());
-        filter::attach(&layout, &AttachOptions::default()).expect("load and pin the program");
-        let policy = Policy {
-            ranges: "198.51.100.0/24".into(),
-            mode,
-            ..Policy::default()
-        };
-        Filter::open_for_write(&layout)
-            .expect("open the filter")
-            .apply_policy(policy)
-            .expect("apply the policy");
-        let program =
-            Xdp::from_pin(layout.program(), XdpAttachType::Interface).expect("open the program");
-        Lab {
-            program,
-            layout,
-            _bpffs: bpffs,
-        }
-    }
-
-    fn stats(&self) -> Stats {
-        Filter::open(&self.layout)
-            .expect("open")
-            .stats()
-            .expect("stats")
-    }
-
-    /// Runs `frame` through the program `repeat` times (in one syscall); returns the verdict.
-    fn run(&self, frame: &Frame, repeat: u32) -> u32 {
-        let frame = frame.bytes();
-        let mut out = vec![0u8; frame.len() + 256];
-        let options = TestRunOptions {
-            data_in: Some(&frame),
-            data_out: Some(&mut out),
-            repeat,
-            ..TestRunOptions::default()
-        };
-        self.program
-            .test_run(options)
-            .expect("test run")
-            .return_value
-    }
+/// Runs the daemon's deny-log task on `lab`'s ring buffer while `during` runs (given the log
+/// the task feeds), then stops it and checks that it ends, without error, within 5s.
+fn with_reader_task<F: Future<Output = ()>>(
+    lab: &Lab,
+    during: impl FnOnce(Arc<Mutex<DenyLog>>) -> F,
+) {
+    let reader = DenyReader::open(&lab.layout).expect("open the ring buffer");
+    let log = Arc::new(Mutex::new(DenyLog::default()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(reader.run(log.clone(), async {
+            let _ = stopped.await;
+        }));
+        during(log).await;
+        stop.send(()).expect("stop");
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the task stops")
+            .expect("join")
+            .expect("no error");
+    });
 }
 
 #[test]
@@ -88,17 +69,17 @@ fn deny_log_aggregates_the_dropped_sources() {
     if !require_privileges("deny_log_aggregates_the_dropped_sources") {
         return;
     }
-    let lab = Lab::new(Mode::Enforce);
+    let lab = Lab::new(policy(Mode::Enforce));
     let mut reader = DenyReader::open(&lab.layout).expect("open the ring buffer");
     let before = OffsetDateTime::now_utc();
     for _ in 0..3 {
-        assert_eq!(lab.run(&Frame::tcp4(STRANGER, API, 6443), 1), XDP_DROP);
+        assert_eq!(lab.run(&Frame::tcp4(STRANGER, API, 6443)), XDP_DROP);
     }
-    assert_eq!(lab.run(&Frame::tcp4(OTHER, API, 443), 1), XDP_DROP);
-    assert_eq!(lab.run(&Frame::tcp6(STRANGER6, API6, 6443), 1), XDP_DROP);
+    assert_eq!(lab.run(&Frame::tcp4(OTHER, API, 443)), XDP_DROP);
+    assert_eq!(lab.run(&Frame::tcp6(STRANGER6, API6, 6443)), XDP_DROP);
     // Neither an authorized source nor an unprotected port is reported.
-    assert_eq!(lab.run(&Frame::tcp4(AUTHORIZED, API, 6443), 1), XDP_PASS);
-    assert_eq!(lab.run(&Frame::tcp4(STRANGER, API, 8080), 1), XDP_PASS);
+    assert_eq!(lab.run(&Frame::tcp4(AUTHORIZED, API, 6443)), XDP_PASS);
+    assert_eq!(lab.run(&Frame::tcp4(STRANGER, API, 8080)), XDP_PASS);
 
     assert!(
         reader.wait(Duration::from_secs(2)).expect("poll"),
@@ -161,11 +142,14 @@ fn deny_events_are_rate_limited_and_the_rest_counted() {
     if !require_privileges("deny_events_are_rate_limited_and_the_rest_counted") {
         return;
     }
-    let lab = Lab::new(Mode::Monitor);
+    let lab = Lab::new(policy(Mode::Monitor));
     let mut reader = DenyReader::open(&lab.layout).expect("open the ring buffer");
     let suppressed_before = lab.stats().deny_events_suppressed;
     // One syscall, one CPU, 1500 would-drops in well under a second.
-    assert_eq!(lab.run(&Frame::tcp4(STRANGER, API, 6443), 1500), XDP_PASS);
+    assert_eq!(
+        lab.run_repeated(&Frame::tcp4(STRANGER, API, 6443), 1500),
+        XDP_PASS
+    );
     let stats = lab.stats();
     assert_eq!(stats.would_drop, 1500);
     let suppressed = stats.deny_events_suppressed - suppressed_before;
@@ -194,22 +178,12 @@ fn the_daemon_task_feeds_the_log_until_shutdown() {
     if !require_privileges("the_daemon_task_feeds_the_log_until_shutdown") {
         return;
     }
-    let lab = Lab::new(Mode::Enforce);
-    let reader = DenyReader::open(&lab.layout).expect("open the ring buffer");
-    let log = Arc::new(Mutex::new(DenyLog::default()));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(reader.run(log.clone(), async {
-            let _ = stopped.await;
-        }));
+    let lab = &Lab::new(policy(Mode::Enforce));
+    with_reader_task(lab, |log| async move {
         // Packets after the task started are picked up through epoll.
         tokio::time::sleep(Duration::from_millis(50)).await;
         for _ in 0..4 {
-            assert_eq!(lab.run(&Frame::tcp4(STRANGER, API, 6443), 1), XDP_DROP);
+            assert_eq!(lab.run(&Frame::tcp4(STRANGER, API, 6443)), XDP_DROP);
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
@@ -223,12 +197,6 @@ fn the_daemon_task_feeds_the_log_until_shutdown() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        stop.send(()).expect("stop");
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("the task stops")
-            .expect("join")
-            .expect("no error");
     });
 }
 
@@ -237,42 +205,14 @@ fn the_daemon_task_follows_a_filter_loaded_again() {
     if !require_privileges("the_daemon_task_follows_a_filter_loaded_again") {
         return;
     }
-    let lab = Lab::new(Mode::Enforce);
-    let reader = DenyReader::open(&lab.layout).expect("open the ring buffer");
-    let log = Arc::new(Mutex::new(DenyLog::default()));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(reader.run(log.clone(), async {
-            let _ = stopped.await;
-        }));
-        assert_eq!(lab.run(&Frame::tcp4(STRANGER, API, 6443), 1), XDP_DROP);
+    let lab = &Lab::new(policy(Mode::Enforce));
+    with_reader_task(lab, |log| async move {
+        assert_eq!(lab.run(&Frame::tcp4(STRANGER, API, 6443)), XDP_DROP);
 
         // The filter is removed and loaded again (as the daemon does when its pins are gone).
         filter::detach(&lab.layout, &filter::DetachTarget::All).expect("detach");
-        filter::attach(&lab.layout, &AttachOptions::default()).expect("load again");
-        Filter::open_for_write(&lab.layout)
-            .expect("open")
-            .apply_policy(Policy {
-                ranges: "198.51.100.0/24".into(),
-                ..Policy::default()
-            })
-            .expect("apply");
-        let program =
-            Xdp::from_pin(lab.layout.program(), XdpAttachType::Interface).expect("the new program");
-        let run = |source| {
-            let frame = Frame::tcp4(source, API, 6443).bytes();
-            let mut out = vec![0u8; frame.len() + 256];
-            let options = TestRunOptions {
-                data_in: Some(&frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            };
-            program.test_run(options).expect("test run").return_value
-        };
+        let program = support::load(&lab.layout, policy(Mode::Enforce));
+        let run = |source| support::test_run(&program, &Frame::tcp4(source, API, 6443), 1);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             // Keep sending until the task has switched to the new ring buffer.
@@ -297,11 +237,5 @@ fn the_daemon_task_follows_a_filter_loaded_again() {
             first.iter().any(|r| r.source == IpAddr::V4(STRANGER)),
             "{first:?}"
         );
-        stop.send(()).expect("stop");
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("the task stops")
-            .expect("join")
-            .expect("no error");
     });
 }

@@ -3,7 +3,7 @@
 //! policy that drops their sources is refused, naming them.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     time::Duration,
 };
 
@@ -12,7 +12,7 @@ use apifence::{
     lockout::{self, GuardOptions, LockoutError},
     policy::{Mode, Policy},
 };
-use apifence_tests::{Endpoint, Netns, TcpServer, VethPair, connect_stream, require_privileges};
+use apifence_tests::{ApiAndClient, Endpoint, connect_stream, require_privileges};
 
 const API_PORT: u16 = 6443;
 const SERVER4: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 1);
@@ -25,18 +25,20 @@ fn guard_finds_real_connections_inside_a_namespace() {
     if !require_privileges("guard_finds_real_connections_inside_a_namespace") {
         return;
     }
-    let server_ns = Netns::new().expect("server namespace");
-    let client_ns = Netns::new().expect("client namespace");
-    VethPair::create(
-        &server_ns,
+    // The server listens on `::`, which accepts IPv4 too: those connections show up in tcp6
+    // as ::ffff:a.b.c.d.
+    let ApiAndClient {
+        api: server_ns,
+        client: client_ns,
+        servers,
+    } = ApiAndClient::new(
         Endpoint::new("api0", SERVER4, SERVER6),
-        &client_ns,
         Endpoint::new("cli0", CLIENT4, CLIENT6),
+        &[],
+        &[API_PORT],
     )
-    .expect("veth pair");
-    // `::` accepts IPv4 too: those connections show up in tcp6 as ::ffff:a.b.c.d.
-    let server = TcpServer::start(&server_ns, IpAddr::V6(Ipv6Addr::UNSPECIFIED), API_PORT)
-        .expect("server on 6443");
+    .expect("server and client namespaces");
+    let server = &servers[0];
     let timeout = Duration::from_secs(3);
     let v4 = connect_stream(
         &client_ns,

@@ -4,24 +4,19 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use apifence::{
-    filter::{self, AttachOptions, Filter, Stats},
-    paths::PinLayout,
+    filter::{Filter, Stats},
     policy::{Mode, Policy},
 };
 use apifence_tests::{
-    bpffs::Bpffs,
     frame::{ExtHeader, Frame},
     require_privileges,
 };
-use aya::{
-    maps::{Map, MapData, RingBuf},
-    programs::{TestRun, TestRunOptions, Xdp},
-};
-use aya_obj::programs::XdpAttachType;
+use aya::maps::{Map, MapData, RingBuf};
 use filter_common::{DENY_KIND_DROPPED, DenyEvent, MAP_DENY_EVENTS};
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
+mod support;
+
+use support::{Lab, XDP_DROP, XDP_PASS};
 
 const API: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const AUTHORIZED: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
@@ -69,56 +64,12 @@ fn malformed(name: &'static str, frame: Frame, action: u32, counted: Counted) ->
     }
 }
 
-/// The program loaded and pinned in a private bpffs, with a policy applied.
-struct Lab {
-    program: Xdp,
-    layout: PinLayout,
-    _bpffs: Bpffs,
-}
-
 impl Lab {
-    fn new(policy: Policy) -> Lab {
-        let bpffs = Bpffs::new().expect("mount a private bpffs");
-        let layout = PinLayout::new(bpffs.path());
-        filter::attach(&layout, &AttachOptions::default()).expect("load and pin the program");
-        Filter::open_for_write(&layout)
-            .expect("open the filter")
-            .apply_policy(policy)
-            .expect("apply the policy");
-        let program =
-            Xdp::from_pin(layout.program(), XdpAttachType::Interface).expect("open the program");
-        Lab {
-            program,
-            layout,
-            _bpffs: bpffs,
-        }
-    }
-
-    fn stats(&self) -> Stats {
-        Filter::open(&self.layout)
-            .expect("open")
-            .stats()
-            .expect("stats")
-    }
-
-    fn run(&self, frame: &[u8]) -> u32 {
-        let mut out = vec![0u8; frame.len() + 256];
-        let options = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..TestRunOptions::default()
-        };
-        self.program
-            .test_run(options)
-            .expect("test run")
-            .return_value
-    }
-
     /// Runs the case and checks its action and that exactly the expected counters moved.
     fn check(&self, case: &Case) {
         let name = case.name;
         let before = self.stats();
-        let got = self.run(&case.frame.bytes());
+        let got = self.run(&case.frame);
         let after = self.stats();
         assert_eq!(got, case.action, "{name}: action");
         let delta = |f: fn(&Stats) -> u64| f(&after) - f(&before);
@@ -438,10 +389,10 @@ fn rule_hits_and_deny_events_name_the_range_and_the_source() {
     }
     let lab = Lab::new(policy(RANGES, Mode::Enforce));
     for _ in 0..3 {
-        assert_eq!(lab.run(&tcp4(AUTHORIZED, 443).bytes()), XDP_PASS);
+        assert_eq!(lab.run(&tcp4(AUTHORIZED, 443)), XDP_PASS);
     }
-    assert_eq!(lab.run(&tcp4(ALWAYS, 443).bytes()), XDP_PASS);
-    assert_eq!(lab.run(&tcp4(STRANGER, 6443).bytes()), XDP_DROP);
+    assert_eq!(lab.run(&tcp4(ALWAYS, 443)), XDP_PASS);
+    assert_eq!(lab.run(&tcp4(STRANGER, 6443)), XDP_DROP);
 
     let stats = lab.stats();
     let find = |range: &str| {

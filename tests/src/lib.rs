@@ -9,6 +9,8 @@
 //! - [`bpffs`]: a private bpffs mount (RAII) for the CLI's pins;
 //! - [`tcp`]: a counting TCP server and a source-bound TCP connect probe;
 //! - [`stream`]: a numbered-chunk streaming client (loss checks across policy changes);
+//! - [`topology`]: an API server namespace and a client namespace, joined, with servers;
+//! - [`wait`]: bounded polling;
 //! - [`frame`]: Ethernet/VLAN/IPv4/IPv6/TCP/UDP frame builders.
 //!
 //! Privileged tests start with `if !require_privileges("name") { return; }`.
@@ -22,6 +24,8 @@ pub mod netns;
 pub mod privileges;
 pub mod stream;
 pub mod tcp;
+pub mod topology;
+pub mod wait;
 
 pub use bpffs::Bpffs;
 pub use frame::{ExtHeader, Frame};
@@ -30,3 +34,4 @@ pub use netns::{Netns, delete_netns};
 pub use privileges::{REQUIRE_ENV, apifence_bin, require_privileges};
 pub use stream::{StreamOptions, StreamReport, stream_chunks};
 pub use tcp::{ConnectError, TcpServer, connect, connect_stream};
+pub use topology::ApiAndClient;

@@ -7,15 +7,18 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::netns::Netns;
+use crate::wait::wait_until;
 
 /// How often the server's threads look at their stop flag.
 const POLL: Duration = Duration::from_millis(20);
+/// How often a wait for connections or bytes looks at the counters.
+const POLL_CHECK: Duration = Duration::from_millis(5);
 
 /// Why [`connect`] failed.
 #[derive(Debug)]
@@ -169,12 +172,12 @@ impl TcpServer {
     /// Waits up to `timeout` until at least `n` connections were accepted; returns whether
     /// they were.
     pub fn wait_for_connections(&self, n: u64, timeout: Duration) -> bool {
-        wait_until(timeout, || self.connections() >= n)
+        wait_until(timeout, POLL_CHECK, || self.connections() >= n)
     }
 
     /// Waits up to `timeout` until `peer` sent at least `n` bytes; returns the count reached.
     pub fn wait_for_bytes_from(&self, peer: SocketAddr, n: u64, timeout: Duration) -> u64 {
-        wait_until(timeout, || self.bytes_from(peer) >= n);
+        wait_until(timeout, POLL_CHECK, || self.bytes_from(peer) >= n);
         self.bytes_from(peer)
     }
 }
@@ -185,20 +188,6 @@ impl Drop for TcpServer {
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }
-    }
-}
-
-/// Polls `done` every few milliseconds for at most `timeout`; returns its last answer.
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(5));
     }
 }
 

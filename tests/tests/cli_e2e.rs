@@ -10,8 +10,8 @@ use std::{
 };
 
 use apifence_tests::{
-    Bpffs, ConnectError, Endpoint, Netns, StreamOptions, TcpServer, VethPair, apifence_bin,
-    connect, link::add_address, require_privileges, stream_chunks,
+    ApiAndClient, Bpffs, ConnectError, Endpoint, Netns, StreamOptions, TcpServer, apifence_bin,
+    connect, require_privileges, stream_chunks,
 };
 
 const API4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -38,22 +38,17 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
-        let api = Netns::new().expect("api namespace");
-        let client = Netns::new().expect("client namespace");
-        VethPair::create(
-            &api,
+        let ApiAndClient {
+            api,
+            client,
+            servers,
+        } = ApiAndClient::new(
             Endpoint::new("api0", API4, API6),
-            &client,
             Endpoint::new("cli0", GOOD4, GOOD6),
+            &[(IpAddr::V4(BAD4), 24), (IpAddr::V6(BAD6), 64)],
+            &[API_PORT, OTHER_PORT],
         )
-        .expect("veth pair");
-        add_address(&client, "cli0", IpAddr::V4(BAD4), 24).expect("second v4 address");
-        add_address(&client, "cli0", IpAddr::V6(BAD6), 64).expect("second v6 address");
-        let any = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
-        let servers = vec![
-            TcpServer::start(&api, any, API_PORT).expect("api server"),
-            TcpServer::start(&api, any, OTHER_PORT).expect("other server"),
-        ];
+        .expect("api and client namespaces");
         Lab {
             api,
             client,
@@ -348,6 +343,13 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     assert!(err.contains("https"), "{err}");
     let err = lab.fails(&["attach", "nosuch0"]);
     assert!(err.contains("nosuch0"), "{err}");
+    let err = lab.fails(&["attach", "nosuch0", "--monitor", "--ports", "8443"]);
+    assert!(err.contains("nosuch0"), "{err}");
+    assert_eq!(
+        lab.ok(&["ranges", "show", "--json"]),
+        before,
+        "a failed attach changed the policy"
+    );
     let err = lab.fails(&["detach", "nosuch0"]);
     assert!(err.contains("nosuch0"), "{err}");
     assert_eq!(lab.ok(&["ranges", "show", "--json"]), before);

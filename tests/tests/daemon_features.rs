@@ -110,6 +110,19 @@ fn service_tags_expiry_and_dry_run() {
     );
     lab.assert_dropped(v4(BAD4), API_PORT, "a dry run applies nothing");
 
+    // An expiry in the past is refused rather than dropped at once.
+    let error = lab.fails(&[
+        "ranges",
+        "add",
+        &BAD4.to_string(),
+        "--expires",
+        "2020-01-01T00:00:00Z",
+    ]);
+    assert!(
+        error.contains("--expires 2020-01-01T00:00:00Z is not in the future"),
+        "{error}"
+    );
+
     // An entry with an expiry works until then, and is removed, logged and counted after.
     let expires = OffsetDateTime::now_utc() + time::Duration::seconds(3);
     let expires = expires.format(&Rfc3339).expect("format");

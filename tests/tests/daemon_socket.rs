@@ -39,6 +39,18 @@ fn cli_changes_go_through_the_daemon_and_survive_a_restart() {
         "{stderr}"
     );
 
+    // The CLI finds the daemon through APIFENCE_SOCKET as well as --socket.
+    let mut by_env = Command::new(apifence_bin().expect("binary"));
+    by_env
+        .env("APIFENCE_SOCKET", lab.socket())
+        .args(["status", "--json"]);
+    let out = output_with_timeout(&mut by_env, CLI_WAIT).expect("run with APIFENCE_SOCKET");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A second daemon on the same state refuses to start, naming the first.
     let mut second = lab.spawn(&[]);
     let status = apifence_tests::cmd::wait_with_timeout(&mut second, START_WAIT)
@@ -145,6 +157,12 @@ fn a_config_owned_list_refuses_cli_changes_and_the_cli_works_alone_without_daemo
     );
     lab.assert_dropped(v4(BAD4), API_PORT, "the refused change did nothing");
 
+    // Nor can `attach` change the policy behind the daemon's back.
+    let err = lab.fails(&["attach", "api0", "--monitor"]);
+    assert!(err.contains("owns the policy"), "{err}");
+    assert!(err.contains(&lab.config().display().to_string()), "{err}");
+    lab.assert_dropped(v4(BAD4), API_PORT, "the refused attach did nothing");
+
     // The mode is not part of the list: it can be switched live.
     lab.ok(&["mode", "monitor"]);
     lab.assert_connects(v4(BAD4), API_PORT, "monitor");
@@ -171,8 +189,14 @@ fn a_config_owned_list_refuses_cli_changes_and_the_cli_works_alone_without_daemo
         "{help}"
     );
 
-    // The daemon restarts from its config: the config owns the list.
+    // The daemon restarts from its config: the config owns the list, and it says it replaced
+    // the direct change.
     lab.start(&[]);
     assert_eq!(lab.shown_ranges(), [format!("{GOOD4}/32")]);
+    assert!(
+        lab.logs().contains("enforcing the desired state"),
+        "{}",
+        lab.logs()
+    );
     lab.assert_dropped(v4(BAD4), API_PORT, "the config owns the list again");
 }

@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     attach::{self, Replacement},
+    bpffs::DirLock,
     compile,
     daemon::{
         DaemonError, ErrorChain,
@@ -28,8 +29,8 @@ use crate::{
         },
         features::{Features, Origin, Plan},
         protocol::{
-            ChangeFlags, ChangeReply, ErrorKind, ErrorReply, LinkStatus, ModeChange, RangesChange,
-            ReloadReply, Reply, Request, Response, ShowEntry, ShowReply, StatusReply,
+            ChangeFlags, ChangeReply, EntryMeta, ErrorKind, ErrorReply, LinkStatus, ModeChange,
+            RangesChange, ReloadReply, Reply, Request, Response, ShowEntry, ShowReply, StatusReply,
         },
         state_file::{self, ModeOverride, StateFile},
         telemetry::{Telemetry, rfc3339},
@@ -226,7 +227,8 @@ impl Engine {
     /// Loads or adopts the filter, applies the resolved policy, attaches interfaces.
     fn converge(&mut self, replace_program: bool) -> Result<(), DaemonError> {
         let bpffs = self.layout.root().display().to_string();
-        if attach::is_loaded(&self.layout) {
+        let adopted = attach::is_loaded(&self.layout);
+        if adopted {
             info!(%bpffs, "adopting the pinned program, maps and links (nothing is detached)");
             let filter = Filter::open(&self.layout)?;
             if filter.capacity() != self.config().capacity {
@@ -238,7 +240,11 @@ impl Engine {
                 );
             }
             drop(filter);
-            match attach::replace_program(&self.layout, replace_program) {
+            // Under the writer lock, like every other change of the pins.
+            let replaced = DirLock::acquire(self.layout.root())
+                .map_err(FilterError::from)
+                .and_then(|_lock| Ok(attach::replace_program(&self.layout, replace_program)?));
+            match replaced {
                 Ok(Replacement::Unchanged { program_id }) => {
                     info!(program_id, "the pinned program is this version; kept");
                 }
@@ -262,11 +268,26 @@ impl Engine {
         }
         let policy = self.resolved.policy.clone();
         let enforced = Filter::open(&self.layout)?.record().ok().map(|r| r.policy);
-        if enforced.as_ref() == Some(&policy) {
-            info!("the enforced policy already matches the desired state; nothing applied");
-            self.telemetry.set_compiled(self.compiled_counts());
-        } else {
-            self.apply(&policy)?;
+        match enforced {
+            Some(enforced) if enforced == policy => {
+                info!("the enforced policy already matches the desired state; nothing applied");
+                self.telemetry.set_compiled(self.compiled_counts());
+            }
+            Some(enforced) if adopted => {
+                // Changes made with the CLI while no daemon ran are replaced: say so.
+                warn!(
+                    ranges_differ = enforced.ranges != policy.ranges,
+                    enforced_mode = enforced.mode.as_str(),
+                    desired_mode = policy.mode.as_str(),
+                    ranges_from = self.config().ranges_from.as_str(),
+                    "the pinned filter enforces something else than the daemon's desired state \
+                     (changed with the CLI while no daemon ran?); enforcing the desired state"
+                );
+                self.apply(&policy)?;
+            }
+            _ => {
+                self.apply(&policy)?;
+            }
         }
         self.attach_missing(true);
         Ok(())
@@ -476,10 +497,27 @@ impl Engine {
                 ),
             ));
         }
+        let now = OffsetDateTime::now_utc();
+        if let Some(at) = change.meta.expires
+            && at <= now
+        {
+            // The entries would be dropped at once, and the change would seem to do nothing.
+            let now = now.replace_nanosecond(0).unwrap_or(now);
+            return Err(ErrorReply::new(
+                ErrorKind::Invalid,
+                format!(
+                    "--expires {} is not in the future (it is {} now); give a later time, such \
+                     as {}",
+                    rfc3339(at),
+                    rfc3339(now),
+                    rfc3339(now + time::Duration::hours(8)),
+                ),
+            ));
+        }
         let with_meta = |entry: Entry| RangeEntry {
             entry,
-            note: change.note.clone(),
-            expires: change.expires,
+            note: change.meta.note.clone(),
+            expires: change.meta.expires,
         };
         let current = &self.desired.authorized;
         let next = match origin {
@@ -549,6 +587,7 @@ impl Engine {
             after: &resolved,
             diff: &diff,
             flags,
+            config: &self.loaded.config,
         });
         let mut reply = ChangeReply {
             applied: false,
@@ -748,8 +787,10 @@ impl Engine {
                         Entry::Prefix(_) => "prefix".into(),
                         Entry::Name(_) => "name".into(),
                     },
-                    note: e.entry.note.clone(),
-                    expires: e.entry.expires,
+                    meta: EntryMeta {
+                        note: e.entry.note.clone(),
+                        expires: e.entry.expires,
+                    },
                     expanded: e.prefixes.len(),
                     merged: merge(&e.prefixes).len(),
                 })

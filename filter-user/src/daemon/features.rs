@@ -56,6 +56,8 @@ pub struct Plan<'a> {
     pub diff: &'a Diff,
     /// `dry_run` and `force` as asked.
     pub flags: ChangeFlags,
+    /// The configuration the change is made under (on a reload: the new one).
+    pub config: &'a Config,
 }
 
 /// What a feature says about a [`Plan`].

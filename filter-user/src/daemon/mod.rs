@@ -105,7 +105,11 @@ pub enum DaemonError {
         pid: Option<u32>,
     },
     /// The socket.
-    #[error("{action} socket {}: {source}", path.display())]
+    #[error(
+        "{action} socket {}: {source}; socket in the config must be a path in a directory root \
+         can write",
+        path.display()
+    )]
     Socket {
         /// What was being done.
         action: &'static str,
@@ -115,8 +119,17 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// Something that is not a socket is where the socket goes.
+    #[error(
+        "socket {0} exists and is not a socket; set socket in the config to another path, or \
+         move that file away"
+    )]
+    NotASocket(PathBuf),
     /// The state lock.
-    #[error("{action} {}: {source}", path.display())]
+    #[error(
+        "{action} {}: {source}; state_dir in the config must name a directory root can write",
+        path.display()
+    )]
     Lock {
         /// What was being done.
         action: &'static str,
@@ -346,7 +359,10 @@ async fn serve(
         commands_tx.clone(),
         stop_rx.clone(),
     ));
-    drop(commands_tx);
+    // Resolves if the engine thread ends on its own (a panic): a daemon without its engine
+    // would answer nothing and reload nothing, so it exits and the service manager restarts
+    // it (the filter keeps enforcing meanwhile). Dropped before the engine is joined.
+    let engine_alive = commands_tx;
 
     info!(
         socket = %config.socket.display(),
@@ -355,7 +371,14 @@ async fn serve(
         "ready"
     );
     sd_notify("READY=1");
-    shutdown.await;
+    let engine_died = tokio::select! {
+        () = shutdown => false,
+        () = engine_alive.closed() => true,
+    };
+    drop(engine_alive);
+    if engine_died {
+        error!("the engine thread stopped unexpectedly; exiting so that the daemon is restarted");
+    }
     sd_notify("STOPPING=1");
     let _ = stop_tx.send(true);
     let _ = server.await;
@@ -388,6 +411,13 @@ async fn serve(
         bpffs = %config.bpffs.display(),
         "exiting; the filter stays attached and enforcing (`apifence detach --all` removes it)"
     );
+    if engine_died {
+        return Err(DaemonError::Engine(
+            "it panicked (the log above says where); the filter stays attached and enforcing; \
+             start the daemon again (systemctl restart apifence)"
+                .into(),
+        ));
+    }
     Ok(())
 }
 

@@ -81,21 +81,30 @@ pub struct ChangeFlags {
     pub force: bool,
 }
 
-/// A change of the authorized list.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RangesChange {
-    /// Entries in the range language.
-    pub list: String,
-    /// Note attached to every entry given (`set`, `add`).
+/// The note and expiry of an entry: `"note"` and `"expires"` (RFC 3339), each left out when
+/// unset.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryMeta {
+    /// Free text shown next to the entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
-    /// Expiry attached to every entry given (`set`, `add`).
+    /// When the entry stops being authorized.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         with = "time::serde::rfc3339::option"
     )]
     pub expires: Option<OffsetDateTime>,
+}
+
+/// A change of the authorized list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangesChange {
+    /// Entries in the range language.
+    pub list: String,
+    /// Note and expiry attached to every entry given (`set`, `add`).
+    #[serde(flatten)]
+    pub meta: EntryMeta,
     /// Dry run and force.
     #[serde(flatten)]
     pub flags: ChangeFlags,
@@ -241,16 +250,9 @@ pub struct ShowEntry {
     pub range: String,
     /// `prefix` or `name`.
     pub kind: String,
-    /// Its note.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-    /// Its expiry.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "time::serde::rfc3339::option"
-    )]
-    pub expires: Option<OffsetDateTime>,
+    /// Its note and expiry.
+    #[serde(flatten)]
+    pub meta: EntryMeta,
     /// Prefixes it stands for (1 for a prefix).
     pub expanded: usize,
     /// Those prefixes after merging.
@@ -342,7 +344,11 @@ pub enum ClientError {
     )]
     PermissionDenied(PathBuf),
     /// Reading or writing failed mid-way.
-    #[error("talking to the apifence daemon on {}: {source}", path.display())]
+    #[error(
+        "talking to the apifence daemon on {}: {source}; if it is stuck, its log says why \
+         (journalctl -u apifence)",
+        path.display()
+    )]
     Io {
         /// The socket.
         path: PathBuf,
@@ -419,8 +425,7 @@ mod tests {
             set,
             Request::RangesSet(RangesChange {
                 list: "10.0.0.0/8".into(),
-                note: None,
-                expires: None,
+                meta: EntryMeta::default(),
                 flags: ChangeFlags {
                     dry_run: true,
                     force: false
@@ -434,7 +439,7 @@ mod tests {
         let Request::RangesAdd(change) = &add else {
             panic!("{add:?}")
         };
-        assert_eq!(change.note.as_deref(), Some("on-call"));
+        assert_eq!(change.meta.note.as_deref(), Some("on-call"));
         assert!(change.flags.force);
         assert_eq!(
             serde_json::to_string(&add).unwrap(),

@@ -44,7 +44,7 @@ pub fn bind(path: &Path) -> Result<StdListener, DaemonError> {
             .create(dir)
             .map_err(socket_error("creating the directory of"))?;
     }
-    if path.exists() {
+    if std::fs::symlink_metadata(path).is_ok() {
         match protocol::call(path, &Request::Status, Duration::from_secs(5)) {
             Ok(Response::Ok(protocol::Reply::Status(status))) => {
                 return Err(DaemonError::AlreadyRunning {
@@ -57,6 +57,10 @@ pub fn bind(path: &Path) -> Result<StdListener, DaemonError> {
                     what: format!("socket {}", path.display()),
                     pid: None,
                 });
+            }
+            // Only a socket is stale: anything else there is someone's file.
+            Err(_) if !is_socket(path) => {
+                return Err(DaemonError::NotASocket(path.to_path_buf()));
             }
             Err(_) => {
                 std::fs::remove_file(path).map_err(socket_error("removing the stale socket"))?;
@@ -77,6 +81,12 @@ pub fn bind(path: &Path) -> Result<StdListener, DaemonError> {
         .set_nonblocking(true)
         .map_err(socket_error("configuring"))?;
     Ok(listener)
+}
+
+/// Whether `path` itself (not what a symlink there points to) is a Unix socket.
+fn is_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_socket())
 }
 
 /// Accepts connections until `shutdown`, then removes the socket file.
@@ -184,5 +194,27 @@ async fn connection(
         if line.len() > MAX_LINE {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_stale_socket_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("apifence-server-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("apifence.toml");
+        std::fs::write(&file, "keep me").unwrap();
+        let error = bind(&file).unwrap_err().to_string();
+        assert!(error.contains("exists and is not a socket"), "{error}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+
+        let stale = dir.join("apifence.sock");
+        drop(StdListener::bind(&stale).unwrap());
+        drop(bind(&stale).expect("a stale socket is replaced"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -64,7 +64,10 @@ pub struct ModeOverride {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// An I/O step failed.
-    #[error("{action} {}: {source}", path.display())]
+    #[error(
+        "{action} {}: {source}; state_dir in the config must name a directory root can write",
+        path.display()
+    )]
     Io {
         /// What was being done.
         action: &'static str,

@@ -125,6 +125,40 @@ pub async fn watch_files(
 mod tests {
     use super::*;
 
+    /// A watcher of `config` (whose contents hash to `hash`) and `extra`, running until the
+    /// returned sender says stop; reloads arrive on the returned receiver.
+    fn start(
+        config: PathBuf,
+        hash: u64,
+        extra: Vec<PathBuf>,
+    ) -> (
+        mpsc::Receiver<Command>,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, rx) = mpsc::channel(4);
+        let (stop_tx, stop) = watch::channel(false);
+        // The engine's sender may go away: the receiver keeps the last list.
+        let (_, extra) = watch::channel(extra);
+        let task = tokio::spawn(watch_files(config, hash, extra, tx, stop));
+        (rx, stop_tx, task)
+    }
+
+    /// Waits (bounded) for one reload request.
+    async fn reload_asked(rx: &mut mpsc::Receiver<Command>) {
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert!(matches!(got, Ok(Some(Command::Reload { .. }))), "{got:?}");
+    }
+
+    /// Stops the watcher and checks it ends (bounded).
+    async fn stop(stop_tx: watch::Sender<bool>, task: tokio::task::JoinHandle<()>) {
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn a_content_change_asks_for_one_reload() {
         let dir = std::env::temp_dir().join(format!("apifence-watch-{}", std::process::id()));
@@ -132,10 +166,7 @@ mod tests {
         let config = dir.join("apifence.toml");
         std::fs::write(&config, "mode = \"enforce\"\n").unwrap();
         let hash = content_hash(b"mode = \"enforce\"\n");
-        let (_extra_tx, extra) = watch::channel(Vec::new());
-        let (tx, mut rx) = mpsc::channel(4);
-        let (stop_tx, stop) = watch::channel(false);
-        let task = tokio::spawn(watch_files(config.clone(), hash, extra, tx, stop));
+        let (mut rx, stop_tx, task) = start(config.clone(), hash, Vec::new());
 
         // Same bytes, new mtime: nothing.
         tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -147,14 +178,34 @@ mod tests {
         let tmp = dir.join("apifence.toml.new");
         std::fs::write(&tmp, "mode = \"monitor\"\n").unwrap();
         std::fs::rename(&tmp, &config).unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
-        assert!(matches!(got, Ok(Some(Command::Reload { .. }))), "{got:?}");
+        reload_asked(&mut rx).await;
 
-        stop_tx.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
+        stop(stop_tx, task).await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_changed_service_tags_file_asks_for_a_reload() {
+        let dir = std::env::temp_dir().join(format!("apifence-watch-tags-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tags = dir.join("ServiceTags_Public.json");
+        std::fs::write(&tags, "{\"changeNumber\": 1}").unwrap();
+        let text = format!("service_tags_file = \"{}\"\n", tags.display());
+        let config = dir.join("apifence.toml");
+        std::fs::write(&config, &text).unwrap();
+        // What the engine publishes for this config: the tags file.
+        let watched = crate::daemon::config::parse(&text, &dir)
             .unwrap()
-            .unwrap();
+            .watched_files();
+        assert_eq!(watched, std::slice::from_ref(&tags));
+        let (mut rx, stop_tx, task) = start(config, content_hash(text.as_bytes()), watched);
+
+        // Seen once (no reload for that), then changed: one reload.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        std::fs::write(&tags, "{\"changeNumber\": 2}").unwrap();
+        reload_asked(&mut rx).await;
+
+        stop(stop_tx, task).await;
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -17,16 +17,14 @@ use std::{
         Mutex, MutexGuard,
         atomic::{AtomicU32, Ordering},
     },
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use apifence_tests::{
-    Bpffs, ConnectError, Endpoint, Netns, TcpServer, VethPair, apifence_bin,
+    ApiAndClient, Bpffs, ConnectError, Endpoint, Netns, TcpServer, apifence_bin,
     bpffs::BASE_DIR,
     cmd::{output_with_timeout, wait_with_timeout},
     connect,
-    link::add_address,
 };
 
 pub const API4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
@@ -61,17 +59,8 @@ pub fn v6(a: Ipv6Addr) -> IpAddr {
 }
 
 /// Polls `done` every 100 ms for at most `timeout`; returns its last answer.
-pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+pub fn wait_until(timeout: Duration, done: impl FnMut() -> bool) -> bool {
+    apifence_tests::wait::wait_until(timeout, Duration::from_millis(100), done)
 }
 
 /// See the module docs.
@@ -89,22 +78,17 @@ pub struct DaemonLab {
 impl DaemonLab {
     /// Builds the namespaces, the link, the servers and the lab directory.
     pub fn new() -> DaemonLab {
-        let api = Netns::new().expect("api namespace");
-        let client = Netns::new().expect("client namespace");
-        VethPair::create(
-            &api,
+        let ApiAndClient {
+            api,
+            client,
+            servers,
+        } = ApiAndClient::new(
             Endpoint::new("api0", API4, API6),
-            &client,
             Endpoint::new("cli0", GOOD4, GOOD6),
+            &[(v4(BAD4), 24), (v6(BAD6), 64)],
+            &[API_PORT, OTHER_PORT],
         )
-        .expect("veth pair");
-        add_address(&client, "cli0", v4(BAD4), 24).expect("second v4 address");
-        add_address(&client, "cli0", v6(BAD6), 64).expect("second v6 address");
-        let any = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
-        let servers = vec![
-            TcpServer::start(&api, any, API_PORT).expect("api server"),
-            TcpServer::start(&api, any, OTHER_PORT).expect("other server"),
-        ];
+        .expect("api and client namespaces");
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = Path::new(BASE_DIR).join(format!("daemon-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

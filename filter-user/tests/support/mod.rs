@@ -1,0 +1,80 @@
+//! Shared by the tests that run frames through the real program with `BPF_PROG_TEST_RUN`
+//! (`verdicts.rs`, `deny_log.rs`): the program loaded and pinned in a private bpffs with a
+//! policy applied, and one way to run a frame through it.
+
+#![allow(dead_code, reason = "each test crate uses a part of it")]
+
+use apifence::{
+    filter::{self, AttachOptions, Filter, Stats},
+    paths::PinLayout,
+    policy::Policy,
+};
+use apifence_tests::{bpffs::Bpffs, frame::Frame};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya_obj::programs::XdpAttachType;
+
+/// `XDP_DROP`.
+pub const XDP_DROP: u32 = 1;
+/// `XDP_PASS`.
+pub const XDP_PASS: u32 = 2;
+
+/// The program loaded and pinned in a private bpffs, with a policy applied.
+pub struct Lab {
+    program: Xdp,
+    pub layout: PinLayout,
+    _bpffs: Bpffs,
+}
+
+impl Lab {
+    pub fn new(policy: Policy) -> Lab {
+        let bpffs = Bpffs::new().expect("mount a private bpffs");
+        let layout = PinLayout::new(bpffs.path());
+        let program = load(&layout, policy);
+        Lab {
+            program,
+            layout,
+            _bpffs: bpffs,
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        Filter::open(&self.layout)
+            .expect("open")
+            .stats()
+            .expect("stats")
+    }
+
+    /// Runs `frame` through the program once; returns the verdict.
+    pub fn run(&self, frame: &Frame) -> u32 {
+        test_run(&self.program, frame, 1)
+    }
+
+    /// Runs `frame` through the program `repeat` times (in one syscall); returns the verdict.
+    pub fn run_repeated(&self, frame: &Frame, repeat: u32) -> u32 {
+        test_run(&self.program, frame, repeat)
+    }
+}
+
+/// Loads and pins the program under `layout` (attached to no interface), applies `policy`
+/// and opens the pinned program.
+pub fn load(layout: &PinLayout, policy: Policy) -> Xdp {
+    filter::attach(layout, &AttachOptions::default()).expect("load and pin the program");
+    Filter::open_for_write(layout)
+        .expect("open the filter")
+        .apply_policy(policy)
+        .expect("apply the policy");
+    Xdp::from_pin(layout.program(), XdpAttachType::Interface).expect("open the program")
+}
+
+/// Runs `frame` through `program` `repeat` times (in one syscall); returns the verdict.
+pub fn test_run(program: &Xdp, frame: &Frame, repeat: u32) -> u32 {
+    let frame = frame.bytes();
+    let mut out = vec![0u8; frame.len() + 256];
+    let options = TestRunOptions {
+        data_in: Some(&frame),
+        data_out: Some(&mut out),
+        repeat,
+        ..TestRunOptions::default()
+    };
+    program.test_run(options).expect("test run").return_value
+}
