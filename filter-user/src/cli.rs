@@ -196,7 +196,8 @@ pub struct ChangeArgs {
     /// Print what would change (added, removed and merged entries) and change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Apply even if a safety check of the daemon refuses.
+    /// Apply even if a safety check refuses: the daemon's lockout guard, or (with no daemon
+    /// answering) a filter that a daemon manages.
     #[arg(long)]
     force: bool,
 }
@@ -405,6 +406,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 Some(other) => return Err(remote::unexpected(&cli.socket, &other)),
                 None => {
                     let mut filter = Filter::open_for_write(&layout)?;
+                    filter.check_direct_change(&cli.socket, flags.force)?;
                     let current = filter.record()?.policy;
                     let mut policy = current.clone();
                     policy.mode = mode;
@@ -580,6 +582,7 @@ fn change_ranges(
         );
     }
     let mut filter = Filter::open_for_write(layout)?;
+    filter.check_direct_change(socket, args.change.force)?;
     let mut policy = filter.record()?.policy;
     let current = parse_authorized(&policy.ranges)?;
     let next = match verb {

@@ -77,6 +77,20 @@ pub enum FilterError {
         /// Capacity asked for.
         asked: u32,
     },
+    /// A direct change of a filter the daemon owns, with no daemon answering.
+    #[error(
+        "the filter under {dir} is managed by the apifence daemon (config {config}), which does not \
+         answer on {socket}; start it (systemctl start apifence) and retry, or pass --force to \
+         change the pins directly (the daemon's desired state replaces such a change when it starts)"
+    )]
+    ManagedByDaemon {
+        /// The bpffs directory.
+        dir: String,
+        /// The daemon's config file.
+        config: String,
+        /// The socket that did not answer.
+        socket: String,
+    },
     /// A capacity of zero.
     #[error(
         "--capacity must be at least 1 (prefixes per address family); the default is {DEFAULT_CAPACITY}"
@@ -263,6 +277,31 @@ impl Filter {
         let mut record = self.record()?;
         record.policy = policy;
         self.apply(&record)
+    }
+
+    /// Replaces the policy on behalf of the daemon configured by `config`, stamping the record
+    /// with it (see [`Record::managed_by`]).
+    pub fn apply_policy_managed(
+        &mut self,
+        policy: Policy,
+        config: &std::path::Path,
+    ) -> Result<ApplyReport> {
+        let mut record = self.record()?;
+        record.policy = policy;
+        record.managed_by = Some(config.to_path_buf());
+        self.apply(&record)
+    }
+
+    /// Refuses a direct change of a filter a daemon owns, unless `force`.
+    pub fn check_direct_change(&self, socket: &std::path::Path, force: bool) -> Result<()> {
+        match self.record()?.managed_by {
+            Some(config) if !force => Err(FilterError::ManagedByDaemon {
+                dir: dir_name(&self.layout),
+                config: config.display().to_string(),
+                socket: socket.display().to_string(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Counters and per-prefix hits of the active slot.

@@ -99,6 +99,11 @@ pub struct Record {
     /// prefixes; lets the next writer know the slot's contents without reading the tries.
     #[serde(default)]
     pub rule_ids: Vec<filter_common::RuleId>,
+    /// Config file of the `apifence daemon` that owns this filter. While set, the CLI refuses
+    /// to change the pins directly when the daemon doesn't answer (unless `--force`), so a
+    /// change can't be silently replaced when the daemon starts again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<std::path::PathBuf>,
 }
 
 /// Current [`Record::version`].

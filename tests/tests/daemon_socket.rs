@@ -179,9 +179,17 @@ fn a_config_owned_list_refuses_cli_changes_and_the_cli_works_alone_without_daemo
     lab.assert_dropped(v4(BAD4), API_PORT, "attached again by the reload");
     lab.assert_connects(v4(GOOD4), API_PORT, "attached again by the reload");
 
-    // With no daemon answering, the CLI changes the pins itself (and says so in --help).
+    // With no daemon answering, the CLI refuses to change pins the daemon owns (its change would
+    // be replaced when the daemon starts) unless forced; then it changes them itself (and says
+    // so in --help).
     assert!(lab.stop().success());
-    lab.ok(&["ranges", "add", &BAD4.to_string()]);
+    let err = lab.fails(&["ranges", "add", &BAD4.to_string()]);
+    assert!(err.contains("managed by the apifence daemon"), "{err}");
+    assert!(err.contains("--force"), "{err}");
+    lab.assert_dropped(v4(BAD4), API_PORT, "the refused direct change did nothing");
+    let err = lab.fails(&["mode", "monitor"]);
+    assert!(err.contains("managed by the apifence daemon"), "{err}");
+    lab.ok(&["ranges", "add", &BAD4.to_string(), "--force"]);
     lab.assert_connects(v4(BAD4), API_PORT, "added directly");
     let help = String::from_utf8_lossy(&lab.cli(&["--help"]).stdout).into_owned();
     assert!(

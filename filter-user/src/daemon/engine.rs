@@ -267,7 +267,12 @@ impl Engine {
             self.load_fresh()?;
         }
         let policy = self.resolved.policy.clone();
-        let enforced = Filter::open(&self.layout)?.record().ok().map(|r| r.policy);
+        // A record this daemon did not stamp is applied again, so it carries the stamp.
+        let enforced = Filter::open(&self.layout)?
+            .record()
+            .ok()
+            .filter(|r| r.managed_by.as_deref() == Some(self.config_path.as_path()))
+            .map(|r| r.policy);
         match enforced {
             Some(enforced) if enforced == policy => {
                 info!("the enforced policy already matches the desired state; nothing applied");
@@ -334,7 +339,7 @@ impl Engine {
             self.extra_warned.clear();
         }
         let mut filter = Filter::open_for_write(&self.layout)?;
-        let report = filter.apply_policy(policy.clone())?;
+        let report = filter.apply_policy_managed(policy.clone(), &self.config_path)?;
         drop(filter);
         if reloaded {
             // The policy is in place before any interface sees the program again.
