@@ -132,12 +132,11 @@ pub fn count_rule_hit(rule: RuleId) {
     }
 }
 
-/// Whether this CPU may report one more deny event in the current one-second window.
+/// The current time if this CPU may report one more deny event in the current one-second
+/// window (one clock read serves the limiter and the event's timestamp).
 #[inline(always)]
-fn deny_event_allowed() -> bool {
-    let Some(rate) = DENY_RATE.get_ptr_mut(0) else {
-        return false;
-    };
+fn deny_event_allowed() -> Option<u64> {
+    let rate = DENY_RATE.get_ptr_mut(0)?;
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: per-CPU value, only this CPU's program instance touches it right now.
@@ -147,22 +146,21 @@ fn deny_event_allowed() -> bool {
         rate.sent = 0;
     }
     if rate.sent >= DENY_EVENTS_PER_SEC_PER_CPU {
-        return false;
+        return None;
     }
     rate.sent += 1;
-    true
+    Some(now)
 }
 
 /// Reports a denied packet through `DENY_EVENTS`, or counts it as suppressed when the rate
 /// limit is reached or the ring buffer is full.
 #[inline(always)]
 pub fn report_denied(mut event: DenyEvent) {
-    if !deny_event_allowed() {
+    let Some(now) = deny_event_allowed() else {
         count(COUNTER_DENY_EVENTS_SUPPRESSED);
         return;
-    }
-    // SAFETY: helper without arguments.
-    event.timestamp_ns = unsafe { bpf_ktime_get_ns() };
+    };
+    event.timestamp_ns = now;
     if DENY_EVENTS.output::<DenyEvent>(&event, 0).is_err() {
         count(COUNTER_DENY_EVENTS_SUPPRESSED);
     }
