@@ -2,6 +2,7 @@
 //! `build` builds the release CLI, `test` runs the full check suite (what CI runs), `demo` shows
 //! the filter at work in a namespace lab.
 
+mod bench;
 mod build;
 mod demo;
 mod process;
@@ -35,6 +36,9 @@ enum Task {
         #[arg(long)]
         lab_only: bool,
     },
+    /// Measure apifence against the kernel's alternatives; writes BENCHMARKS.md and bench/
+    /// (needs root).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Task::Build => build::release().map(|path| println!("{}", path.display())),
         Task::Test => test::run(),
         Task::Demo { lab_only } => demo::run(lab_only),
+        Task::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
