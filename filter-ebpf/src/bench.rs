@@ -147,7 +147,7 @@ fn rotate(ctx: &XdpContext) {
 /// Lets every frame through (tc egress of the traffic generator, normal runs).
 #[classifier]
 pub fn bench_tc_pass(_ctx: TcContext) -> i32 {
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }
 
 /// Consumes every frame before it reaches the veth pair (the sender-only run). `TC_ACT_STOLEN`
@@ -155,7 +155,7 @@ pub fn bench_tc_pass(_ctx: TcContext) -> i32 {
 /// transmit ring retry forever). Honoured by cls_bpf (netlink attach), not by tcx.
 #[classifier]
 pub fn bench_tc_consume(_ctx: TcContext) -> i32 {
-    TC_ACT_STOLEN as i32
+    TC_ACT_STOLEN
 }
 
 #[cfg(not(test))]
