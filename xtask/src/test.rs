@@ -46,6 +46,22 @@ pub fn run() -> Result<()> {
             BUILD_TIMEOUT,
         ),
     );
+    step(
+        "clippy (bench harness)",
+        run_live(
+            cargo()
+                .args([
+                    "clippy",
+                    "-p",
+                    "xtask",
+                    "--all-targets",
+                    "--features",
+                    "bench",
+                ])
+                .args(["--", "-D", "warnings"]),
+            BUILD_TIMEOUT,
+        ),
+    );
     step("clippy (eBPF)", clippy_ebpf());
     let built = run_live(
         cargo().args(["build", "-p", "filter-user", "--bins"]),

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use apifence_tests::Frame;
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::alternatives as alt;
 use super::lab::{self, BenchBpffs, GEN_IF, Lab, RCV_IF, check_interrupted};
@@ -63,7 +63,7 @@ struct Command {
 }
 
 /// Probe verdicts checked against the replacements.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Correctness {
     /// Probes sent from the keep sources.
     pub keep_sent: u64,
@@ -84,7 +84,7 @@ pub struct Correctness {
 }
 
 /// Timings of one tool at one size.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Timings {
     /// Wall times, ms.
     pub samples_ms: Vec<f64>,
@@ -103,7 +103,7 @@ impl Timings {
 }
 
 /// Single-range changes at one size.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Incremental {
     /// `apifence ranges add X`.
     pub apifence_add: Timings,
@@ -120,7 +120,7 @@ pub struct Incremental {
 }
 
 /// Everything measured at one list size.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ControlRow {
     /// Size label.
     pub size: String,
@@ -146,7 +146,7 @@ pub struct ControlRow {
 }
 
 /// What the section found.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ControlResults {
     /// Replacements per size (each a removal and an add).
     pub replacements: usize,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::alternatives as alt;
 use super::lab::{self, BenchBpffs, GEN_IF, Lab, RCV_IF, check_interrupted};
@@ -42,7 +42,7 @@ pub const VARIANTS: [Variant; 8] = [
 ];
 
 /// One way of filtering (or not) on the receiver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Variant {
     /// Frames freed at the sender's tc egress: the sender's own cost (the baseline).
@@ -83,7 +83,7 @@ impl Variant {
 pub const XDP_FILTER_MAX: usize = 10_000;
 
 /// One variant at one list size.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct E2eRow {
     /// The variant.
     pub variant: Variant,
@@ -108,7 +108,7 @@ pub struct E2eRow {
 }
 
 /// What the section found.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct E2eResults {
     /// Packets offered per variant and round.
     pub packets: u64,

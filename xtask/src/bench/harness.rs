@@ -34,6 +34,9 @@ impl Drop for Workdir {
 
 /// Runs the benchmark as configured by `args`.
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if let Some(path) = &args.render {
+        return render(path, args);
+    }
     if !is_root() {
         bail!("the benchmark needs root (XDP, network namespaces, nftables)");
     }
@@ -148,12 +151,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     results.problems = results.check();
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     results.write_json(&out_dir)?;
-    let plots = plot::write_all(&results, &out_dir)?;
-    if let Some(path) = &markdown_path {
-        let text = markdown::render(&results, &relative_to(&out_dir, path), &plots);
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("bench: wrote {}", path.display());
-    }
+    write_reports(&results, &out_dir, markdown_path.as_deref())?;
     eprintln!(
         "bench: wrote {} ({:.0} s)",
         out_dir.join("results.json").display(),
@@ -166,6 +164,38 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Writes the plots into `out_dir` and, when asked, the Markdown report.
+fn write_reports(results: &Results, out_dir: &Path, markdown: Option<&Path>) -> Result<()> {
+    let plots = plot::write_all(results, out_dir)?;
+    if let Some(path) = markdown {
+        let text = markdown::render(results, &relative_to(out_dir, path), &plots);
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// `--render FILE`: the plots and the report from an existing results.json, measuring nothing.
+fn render(path: &Path, args: &BenchArgs) -> Result<()> {
+    let path = &path
+        .canonicalize()
+        .with_context(|| format!("finding {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let results: Results =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let out_dir = args.out.clone().unwrap_or_else(|| {
+        path.parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    });
+    let markdown = args
+        .markdown
+        .clone()
+        .or_else(|| (!results.plan.quick).then(|| workspace_root().join("BENCHMARKS.md")));
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    write_reports(&results, &out_dir, markdown.as_deref())
 }
 
 /// `dir` as seen from the directory holding `file` (for links in the Markdown).

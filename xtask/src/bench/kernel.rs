@@ -18,7 +18,7 @@ use apifence_tests::Frame;
 use aya::programs::Xdp;
 use aya_obj::programs::XdpAttachType;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::lab::{BenchBpffs, check_interrupted};
 use super::memory;
@@ -28,7 +28,7 @@ use super::prefixes::{self, Rng};
 use super::stats::Summary;
 
 /// An address family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     /// IPv4.
@@ -332,7 +332,7 @@ pub fn frame(family: Family, source: &[u8; 16]) -> Vec<u8> {
 }
 
 /// One measured variant.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Row {
     /// `empty`, `parse-only`, `rotate-only` or `apifence`.
     pub program: String,
@@ -355,7 +355,7 @@ pub struct Row {
 }
 
 /// What the section found.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KernelResults {
     /// `BPF_PROG_TEST_RUN` repeat count per sample.
     pub repeat: u32,
@@ -372,7 +372,7 @@ pub struct KernelResults {
 }
 
 /// A list as loaded.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ListInfo {
     /// Size label.
     pub size: String,

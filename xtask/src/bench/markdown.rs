@@ -234,7 +234,12 @@ fn machine(md: &mut String, r: &Results) {
     for c in &r.commands {
         let _ = writeln!(md, "{c}");
     }
-    md.push_str("```\n\n");
+    md.push_str(
+        "```\n\nRe-render this file and the plots from the JSON, measuring nothing: `cargo xtask \
+         bench --render bench/results.json`. CI runs `cargo xtask bench --quick`, which checks \
+         that every variant produced numbers and that the correctness counts are zero, never a \
+         timing.\n\n",
+    );
 }
 
 fn caveats(md: &mut String, r: &Results) {

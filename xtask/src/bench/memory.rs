@@ -10,13 +10,13 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use aya::maps::MapData;
 use filter_common::{ALL_MAPS, MAP_POLICY, MAP_RULE_HITS};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::kernel::{Family, Setup};
 use super::tools;
 
 /// Memory of one pinned filter holding one list.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MemoryRow {
     /// Size label.
     pub size: String,
@@ -46,7 +46,7 @@ pub struct MemoryRow {
 }
 
 /// What the section found.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MemoryResults {
     /// Where the "charged" column comes from.
     pub cgroup_source: Option<String>,

@@ -74,6 +74,10 @@ pub struct BenchArgs {
     /// Override the number of interleaved rounds of every section.
     #[arg(long, value_name = "N")]
     pub rounds: Option<usize>,
+    /// Measure nothing: re-render the plots and the Markdown report from an existing
+    /// results.json (plots next to it unless --out says otherwise).
+    #[arg(long, value_name = "FILE")]
+    pub render: Option<PathBuf>,
 }
 
 /// One section of the benchmark.
@@ -125,6 +129,9 @@ impl BenchArgs {
         }
         if let Some(rounds) = self.rounds {
             args.extend(["--rounds".into(), rounds.to_string()]);
+        }
+        if let Some(render) = &self.render {
+            args.extend(["--render".into(), render.display().to_string()]);
         }
         args
     }

@@ -3,12 +3,12 @@
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::BenchArgs;
 
 /// A list size: synthetic with `n` prefixes, or the real AzureCloud service tag.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Size {
     /// `n` seeded synthetic prefixes of mixed lengths.
     Synthetic(usize),
@@ -38,7 +38,7 @@ pub fn short_count(n: usize) -> String {
 }
 
 /// Everything a run measures.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Plan {
     /// A `--quick` run.
     pub quick: bool,

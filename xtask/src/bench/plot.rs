@@ -42,10 +42,11 @@ pub struct Series {
     pub name: String,
     /// Points, any order (drawn sorted by x).
     pub points: Vec<Point>,
+    /// Points drawn as diamonds in the same colour, off the line (the real AzureCloud list
+    /// among the synthetic sizes).
+    pub extra: Vec<Point>,
     /// Draw dashed (baselines).
     pub dashed: bool,
-    /// Markers only, no line (a lone real-world data point).
-    pub markers_only: bool,
 }
 
 /// A chart.
@@ -59,6 +60,8 @@ pub struct Chart {
     pub y_label: String,
     /// Logarithmic y axis.
     pub log_y: bool,
+    /// Legend text of the diamond markers ([`Series::extra`]).
+    pub extra_label: String,
     /// The lines.
     pub series: Vec<Series>,
 }
@@ -176,7 +179,11 @@ fn escape(text: &str) -> String {
 impl Chart {
     /// Renders the chart; `None` when it has no points.
     pub fn svg(&self) -> Option<String> {
-        let points: Vec<&Point> = self.series.iter().flat_map(|s| &s.points).collect();
+        let points: Vec<&Point> = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().chain(&s.extra))
+            .collect();
         if points.is_empty() {
             return None;
         }
@@ -274,7 +281,7 @@ impl Chart {
             let color = COLORS[i % COLORS.len()];
             let mut pts = series.points.clone();
             pts.sort_by(|a, b| a.x.total_cmp(&b.x));
-            if !series.markers_only && pts.len() > 1 {
+            if pts.len() > 1 {
                 let path: Vec<String> = pts
                     .iter()
                     .map(|p| format!("{:.1},{:.1}", x.map(p.x), y.map(p.y)))
@@ -290,7 +297,8 @@ impl Chart {
                     path.join(" ")
                 );
             }
-            for p in &pts {
+            let diamonds = series.extra.iter().map(|p| (p, true));
+            for (p, diamond) in pts.iter().map(|p| (p, false)).chain(diamonds) {
                 let (px, py) = (x.map(p.x), y.map(p.y));
                 if p.hi > p.lo {
                     let (t, b) = (y.map(p.hi), y.map(p.lo));
@@ -303,7 +311,7 @@ impl Chart {
                         px + 3.0
                     );
                 }
-                if series.markers_only {
+                if diamond {
                     let _ = writeln!(
                         s,
                         r##"<rect x="{:.1}" y="{:.1}" width="8" height="8" fill="{color}" transform="rotate(45 {px:.1} {py:.1})"/>"##,
@@ -332,6 +340,19 @@ impl Chart {
                 lx + 28.0,
                 ly + 4.0,
                 escape(&series.name)
+            );
+        }
+        if self.series.iter().any(|s| !s.extra.is_empty()) {
+            let ly = TOP + 10.0 + self.series.len() as f64 * 20.0;
+            let lx = WIDTH - RIGHT + 27.0;
+            let _ = writeln!(
+                s,
+                r##"<rect x="{:.1}" y="{:.1}" width="8" height="8" fill="#444" transform="rotate(45 {lx:.1} {ly:.1})"/><text x="{:.1}" y="{:.1}">{}</text>"##,
+                lx - 4.0,
+                ly - 4.0,
+                lx + 17.0,
+                ly + 4.0,
+                escape(&self.extra_label)
             );
         }
         s.push_str("</svg>\n");
@@ -366,7 +387,10 @@ pub fn write_all(results: &Results, dir: &Path) -> Result<Vec<Written>> {
         charts.push(("control-plane.svg".into(), control_chart(c)));
     }
     let mut written = Vec::new();
-    for (file, chart) in charts {
+    for (file, mut chart) in charts {
+        chart
+            .series
+            .retain(|s| !s.points.is_empty() || !s.extra.is_empty());
         let Some(svg) = chart.svg() else { continue };
         let path = dir.join(&file);
         std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
@@ -396,8 +420,8 @@ fn kernel_chart(k: &super::kernel::KernelResults, family: Family) -> Chart {
             series.push(Series {
                 name: name.into(),
                 points: sizes.iter().map(|&x| Point::of(x, s)).collect(),
+                extra: Vec::new(),
                 dashed: true,
-                markers_only: false,
             });
         }
     }
@@ -406,28 +430,20 @@ fn kernel_chart(k: &super::kernel::KernelResults, family: Family) -> Chart {
         ("inside", "apifence, sources inside"),
         ("miss", "apifence, random misses"),
     ] {
-        for azure in [false, true] {
-            let points: Vec<Point> = k
-                .rows
+        let pick = |azure: bool| -> Vec<Point> {
+            k.rows
                 .iter()
                 .filter(|r| r.family == family && r.program == "apifence" && r.pattern == pattern)
                 .filter(|r| (r.size.as_deref() == Some("AzureCloud")) == azure)
                 .filter_map(|r| Some(Point::of(r.prefixes? as f64, r.net.as_ref()?)))
-                .collect();
-            if points.is_empty() {
-                continue;
-            }
-            series.push(Series {
-                name: if azure {
-                    format!("{pattern}, AzureCloud list")
-                } else {
-                    name.into()
-                },
-                points,
-                dashed: false,
-                markers_only: azure,
-            });
-        }
+                .collect()
+        };
+        series.push(Series {
+            name: name.into(),
+            points: pick(false),
+            extra: pick(true),
+            dashed: false,
+        });
     }
     Chart {
         title: format!(
@@ -437,6 +453,7 @@ fn kernel_chart(k: &super::kernel::KernelResults, family: Family) -> Chart {
         x_label: "prefixes in the list".into(),
         y_label: "ns per packet (median)".into(),
         log_y: false,
+        extra_label: "the AzureCloud list".into(),
         series,
     }
 }
@@ -447,9 +464,8 @@ fn e2e_chart(e: &super::e2e::E2eResults) -> Chart {
         if variant == super::e2e::Variant::SenderOnly {
             continue;
         }
-        for azure in [false, true] {
-            let points: Vec<Point> = e
-                .rows
+        let pick = |azure: bool| -> Vec<Point> {
+            e.rows
                 .iter()
                 .filter(|r| r.variant == variant && (r.size == "AzureCloud") == azure)
                 .filter_map(|r| {
@@ -463,30 +479,24 @@ fn e2e_chart(e: &super::e2e::E2eResults) -> Chart {
                     };
                     Some(Point::of(x as f64, r.receiver.as_ref()?))
                 })
-                .collect();
-            if points.is_empty() {
-                continue;
-            }
-            series.push(Series {
-                name: if azure {
-                    format!("{}, AzureCloud", variant.name())
-                } else {
-                    variant.name().into()
-                },
-                points,
-                dashed: matches!(
-                    variant,
-                    super::e2e::Variant::NoFilter | super::e2e::Variant::XdpDropAll
-                ),
-                markers_only: azure,
-            });
-        }
+                .collect()
+        };
+        series.push(Series {
+            name: variant.name().into(),
+            points: pick(false),
+            extra: pick(true),
+            dashed: matches!(
+                variant,
+                super::e2e::Variant::NoFilter | super::e2e::Variant::XdpDropAll
+            ),
+        });
     }
     Chart {
         title: "End to end on veth: receiver CPU per packet (SYN flood, all dropped)".into(),
         x_label: "entries in the list".into(),
         y_label: "receive-side ns per packet (median)".into(),
         log_y: false,
+        extra_label: "the AzureCloud list".into(),
         series,
     }
 }
@@ -509,33 +519,26 @@ fn control_chart(c: &super::control::ControlResults) -> Chart {
         }),
     ];
     for (name, pick) in picks {
-        for azure in [false, true] {
-            let points: Vec<Point> = c
-                .rows
+        let points = |azure: bool| -> Vec<Point> {
+            c.rows
                 .iter()
                 .filter(|r| (r.size == "AzureCloud") == azure)
                 .filter_map(|r| Some(Point::of((r.v4 + r.v6) as f64, pick(r)?)))
-                .collect();
-            if points.is_empty() {
-                continue;
-            }
-            series.push(Series {
-                name: if azure {
-                    format!("{name}, AzureCloud")
-                } else {
-                    name.into()
-                },
-                points,
-                dashed: name.contains("(one"),
-                markers_only: azure,
-            });
-        }
+                .collect()
+        };
+        series.push(Series {
+            name: name.into(),
+            points: points(false),
+            extra: points(true),
+            dashed: name.contains("(one"),
+        });
     }
     Chart {
         title: "Control plane: wall time of one change".into(),
         x_label: "prefixes in the list (IPv4 + IPv6)".into(),
         y_label: "ms (median)".into(),
         log_y: true,
+        extra_label: "the AzureCloud list".into(),
         series,
     }
 }
@@ -583,9 +586,15 @@ mod tests {
                         hi: 30.0,
                     },
                 ],
+                extra: vec![Point {
+                    x: 10.0,
+                    y: 20.0,
+                    lo: 20.0,
+                    hi: 20.0,
+                }],
                 dashed: false,
-                markers_only: false,
             }],
+            extra_label: "real".into(),
         };
         let svg = chart.svg().unwrap();
         assert!(svg.starts_with("<svg"));
@@ -593,6 +602,11 @@ mod tests {
         assert!(svg.contains("a &amp; b"));
         assert!(svg.contains("t &lt;1&gt;"));
         assert_eq!(svg.matches("<circle").count(), 2);
+        assert_eq!(
+            svg.matches("rotate(45").count(),
+            2,
+            "a diamond and its legend"
+        );
         assert_eq!(svg.matches("<path").count(), 1, "one point has a spread");
     }
 
@@ -603,6 +617,7 @@ mod tests {
             x_label: String::new(),
             y_label: String::new(),
             log_y: true,
+            extra_label: String::new(),
             series: Vec::new(),
         };
         assert!(chart.svg().is_none());

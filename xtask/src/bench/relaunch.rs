@@ -17,13 +17,15 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(90 * 60);
 
 /// Sets up, builds, and runs the harness build of xtask.
 pub fn run(args: &BenchArgs) -> Result<()> {
-    if !is_root() {
+    if !is_root() && args.render.is_none() {
         bail!(
             "cargo xtask bench needs root (it loads XDP programs and makes network namespaces); \
              run it as root"
         );
     }
-    setup::run()?;
+    if args.render.is_none() {
+        setup::run()?;
+    }
     run_live(
         cargo().args([
             "build",

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::control::ControlResults;
 use super::e2e::E2eResults;
@@ -19,7 +19,7 @@ use super::tools::ToolInfo;
 pub const SCHEMA: u32 = 1;
 
 /// Something the run could not measure, and why.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NotMeasured {
     /// What.
     pub what: String,
@@ -28,7 +28,7 @@ pub struct NotMeasured {
 }
 
 /// Everything one run produced.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Results {
     /// [`SCHEMA`].
     pub schema: u32,

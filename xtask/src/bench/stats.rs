@@ -1,9 +1,9 @@
 //! Summaries of repeated measurements: median with spread, quantiles. Pure.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A set of samples summarised.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// Number of samples.
     pub n: usize,

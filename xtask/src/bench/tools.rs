@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use apifence_tests::cmd::{check, describe, output_with_timeout};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::process::which;
 
@@ -30,7 +30,7 @@ pub const TOOLS: [(&str, &str, &str); 7] = [
 ];
 
 /// A tool found (or not) and its version line.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ToolInfo {
     /// Command name.
     pub name: String,
