@@ -179,35 +179,28 @@ impl Demo<'_> {
         self.probe_all(Expect::Connect, Expect::Drop)?;
         println!("\nauthorize {BAD4} too:");
         self.cli(&bin, &["ranges", "add", &bad4])?;
-        self.probe(
-            &self.lab.bad,
-            BAD4.into(),
-            API_BAD4.into(),
-            API_PORT,
-            Expect::Connect,
-        )?;
+        self.probe_bad_api(Expect::Connect)?;
         println!("\nwithdraw it again:");
         self.cli(&bin, &["ranges", "remove", &bad4])?;
-        self.probe(
-            &self.lab.bad,
-            BAD4.into(),
-            API_BAD4.into(),
-            API_PORT,
-            Expect::Drop,
-        )?;
+        self.probe_bad_api(Expect::Drop)?;
         println!("\nwhat the filter counted and enforces:");
         self.cli(&bin, &["stats"])?;
         self.cli(&bin, &["ranges", "show"])?;
         println!("\ndetach:");
         self.cli(&bin, &["detach", "to-ok", "to-bad"])?;
+        self.probe_bad_api(Expect::Connect)?;
+        Ok(())
+    }
+
+    /// Probes the unauthorized client's IPv4 address to :6443.
+    fn probe_bad_api(&mut self, expect: Expect) -> Result<()> {
         self.probe(
             &self.lab.bad,
             BAD4.into(),
             API_BAD4.into(),
             API_PORT,
-            Expect::Connect,
-        )?;
-        Ok(())
+            expect,
+        )
     }
 
     /// Probes both clients on both families to :6443, and the bad client to :8080.
