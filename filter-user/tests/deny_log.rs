@@ -9,8 +9,8 @@ use std::{
 };
 
 use apifence::{
-    deny_log::{DenyLog, DenyReader, interface_name},
-    filter,
+    features::deny_log::{DenyLog, DenyReader, interface_name},
+    kernel::operations,
     policy::{Mode, Policy},
 };
 use apifence_tests::{frame::Frame, require_privileges};
@@ -210,7 +210,7 @@ fn the_daemon_task_follows_a_filter_loaded_again() {
         assert_eq!(lab.run(&Frame::tcp4(STRANGER, API, 6443)), XDP_DROP);
 
         // The filter is removed and loaded again (as the daemon does when its pins are gone).
-        filter::detach(&lab.layout, &filter::DetachTarget::All).expect("detach");
+        operations::detach(&lab.layout, &operations::DetachTarget::All).expect("detach");
         let program = support::load(&lab.layout, policy(Mode::Enforce));
         let run = |source| support::test_run(&program, &Frame::tcp4(source, API, 6443), 1);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

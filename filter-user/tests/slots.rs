@@ -5,10 +5,10 @@
 use std::collections::BTreeSet;
 
 use apifence::{
-    compile::slot_prefixes,
-    filter::{self, AttachOptions, Filter},
-    maps::FilterMaps,
-    paths::PinLayout,
+    kernel::maps::FilterMaps,
+    kernel::operations::{self, AttachOptions, Filter},
+    kernel::paths::PinLayout,
+    policy::compile::slot_prefixes,
     policy::{Mode, Policy},
 };
 use apifence_tests::{bpffs::Bpffs, require_privileges};
@@ -55,7 +55,7 @@ fn incremental_writes_keep_tries_equal_to_the_records() {
     }
     let bpffs = Bpffs::new().expect("bpffs");
     let layout = PinLayout::new(bpffs.path());
-    filter::attach(&layout, &AttachOptions::default()).expect("load");
+    operations::attach(&layout, &AttachOptions::default()).expect("load");
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     for round in 0..60 {
         let policy = Policy {
@@ -98,5 +98,5 @@ fn incremental_writes_keep_tries_equal_to_the_records() {
         let ids: BTreeSet<u32> = in_kernel.values().copied().collect();
         assert_eq!(ids.len(), in_kernel.len(), "round {round}: ids are unique");
     }
-    filter::detach(&layout, &filter::DetachTarget::All).expect("detach");
+    operations::detach(&layout, &operations::DetachTarget::All).expect("detach");
 }

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use apifence::{
-    filter::{Filter, Stats},
+    kernel::operations::{Filter, Stats},
     policy::{Mode, Policy},
 };
 use apifence_tests::{

@@ -11,17 +11,17 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::{
-    compile::{self, CompileError, FamilyCounts},
     daemon::{
         ErrorChain,
         config::{self, ConfigFileError, RangesFrom},
         desired::{Desired, ResolveError, resolve},
         engine::compose,
-        features::Features,
+        hooks::Features,
         state_file::StateFile,
     },
     policy::Mode,
-    ranges::{language::Entry, merge::merge},
+    policy::compile::{self, CompileError, FamilyCounts},
+    policy::{language::Entry, merge::merge},
 };
 
 /// Why a config file fails the check.
@@ -200,7 +200,7 @@ pub fn check(path: &Path, features: &mut dyn Features) -> Result<CheckReport, Ch
                     Entry::Name(_) => "name",
                 },
                 note: e.entry.note.clone(),
-                expires: e.entry.expires.map(crate::daemon::telemetry::rfc3339),
+                expires: e.entry.expires.map(crate::policy::timestamp::rfc3339),
                 expired: e.entry.expires.is_some_and(|t| t <= now),
                 expanded: e.prefixes.len(),
             })
@@ -305,7 +305,7 @@ pub fn describe(error: &CheckError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::features::NoFeatures;
+    use crate::daemon::hooks::NoFeatures;
 
     fn write(name: &str, text: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("apifence-check-{}", std::process::id()));

@@ -32,12 +32,12 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use toml::Value;
 
 use crate::{
-    attach::XdpModeChoice,
     daemon::desired::{Authorized, RangeEntry, parse_single},
-    paths::{DEFAULT_BPFFS_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR},
+    kernel::paths::{DEFAULT_BPFFS_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR},
+    policy::XdpModeChoice,
+    policy::language::{Entry, ONLY_ALWAYS_ALLOWED, RangeError},
+    policy::suggest::did_you_mean,
     policy::{DEFAULT_PORTS, Mode},
-    ranges::language::{Entry, ONLY_ALWAYS_ALLOWED, RangeError},
-    suggest::did_you_mean,
 };
 
 /// Default metrics endpoint (`metrics`): Prometheus text on localhost.

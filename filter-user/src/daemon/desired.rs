@@ -5,7 +5,7 @@
 //! The authorized list follows the range language of `apifence ranges` exactly:
 //! [`Authorized::Disabled`] is `""` (every source passes), [`Authorized::Entries`] with no
 //! entries is `0.0.0.0/32` (only the always-allow list), and the add/remove rules and errors are
-//! those of [`RangeList`](crate::ranges::language::RangeList). Names are compared ignoring ASCII
+//! those of [`RangeList`](crate::policy::language::RangeList). Names are compared ignoring ASCII
 //! case.
 
 use std::collections::BTreeSet;
@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::{
-    compile::{FamilyCounts, authorized_prefixes},
+    policy::compile::{FamilyCounts, authorized_prefixes},
+    policy::language::{Entry, ONLY_ALWAYS_ALLOWED, RangeError, tokenize},
     policy::{Mode, Policy},
-    ranges::language::{Entry, ONLY_ALWAYS_ALLOWED, RangeError, tokenize},
 };
 
 /// One authorized entry as the operator wrote it.
@@ -597,7 +597,7 @@ fn filtering_kind(policy: &Policy) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ranges::language::{RangeList, parse_authorized};
+    use crate::policy::language::{RangeList, parse_authorized};
 
     fn net(text: &str) -> IpNet {
         text.parse().expect("test prefix")

@@ -18,27 +18,28 @@ use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::{
-    attach::{self, Replacement},
-    bpffs::DirLock,
-    compile,
     daemon::{
         DaemonError, ErrorChain,
         config::{self, Config, LoadedConfig, RangesFrom},
         desired::{
             Authorized, Desired, Diff, RangeEntry, Resolved, TagSource, parse_entries, resolve,
         },
-        features::{Features, Origin, Plan},
+        hooks::{Features, Origin, Plan},
         protocol::{
             ChangeFlags, ChangeReply, EntryMeta, ErrorKind, ErrorReply, LinkStatus, ModeChange,
             RangesChange, ReloadReply, Reply, Request, Response, ShowEntry, ShowReply, StatusReply,
         },
         state_file::{self, ModeOverride, StateFile},
-        telemetry::{Telemetry, rfc3339},
+        telemetry::Telemetry,
     },
-    filter::{self, AttachOptions, Filter, FilterError},
-    paths::{PinLayout, StateLayout},
+    kernel::attach::{self, Replacement},
+    kernel::bpffs::DirLock,
+    kernel::operations::{self, AttachOptions, Filter, FilterError},
+    kernel::paths::{PinLayout, StateLayout},
+    policy::compile,
+    policy::timestamp::rfc3339,
     policy::{Mode, Policy},
-    ranges::{language::Entry, merge::merge},
+    policy::{language::Entry, merge::merge},
 };
 
 /// How often interfaces that could not be attached are tried again.
@@ -219,7 +220,7 @@ impl Engine {
     /// Calls [`Features::spawn_tasks`] (on the engine thread, inside the runtime).
     pub fn spawn_tasks(
         &mut self,
-        context: &crate::daemon::features::TaskContext,
+        context: &crate::daemon::hooks::TaskContext,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         self.features.spawn_tasks(context)
     }
@@ -303,7 +304,7 @@ impl Engine {
         let config = self.config().clone();
         info!(bpffs = %config.bpffs.display(), capacity = config.capacity, "loading the filter");
         let policy = &self.resolved.policy;
-        filter::attach(
+        operations::attach(
             &self.layout,
             &AttachOptions {
                 interfaces: Vec::new(),
@@ -322,7 +323,7 @@ impl Engine {
     }
 
     /// Applies `policy` atomically, loading the filter again if its pins are gone.
-    fn apply(&mut self, policy: &Policy) -> Result<filter::ApplyReport, FilterError> {
+    fn apply(&mut self, policy: &Policy) -> Result<operations::ApplyReport, FilterError> {
         let reloaded = !attach::is_loaded(&self.layout);
         if reloaded {
             warn!(
@@ -385,7 +386,7 @@ impl Engine {
                 xdp_mode: config.xdp_mode,
                 ..AttachOptions::default()
             };
-            match filter::attach(&self.layout, &options) {
+            match operations::attach(&self.layout, &options) {
                 Ok(report) => {
                     for (name, mode) in &report.attached {
                         info!(interface = %name, xdp_mode = mode.as_str(), "attached");
@@ -760,7 +761,7 @@ impl Engine {
         let authorized = &self.desired.authorized;
         let mut ranges: Vec<String> = authorized.entries().iter().map(RangeEntry::text).collect();
         if authorized.kind() == "only_always_allowed" {
-            ranges.push(crate::ranges::language::ONLY_ALWAYS_ALLOWED.to_string());
+            ranges.push(crate::policy::language::ONLY_ALWAYS_ALLOWED.to_string());
         }
         Ok(ShowReply {
             enabled: authorized.is_enabled(),

@@ -4,7 +4,7 @@
 //! One job per module: [`config`] (the TOML file, validated), [`desired`] (the desired state,
 //! resolving names, diffs), [`state_file`] (durable state), [`protocol`] (the socket protocol
 //! and the CLI's client), [`server`] (the socket), [`watch`] (reload on file change),
-//! [`engine`] (the owner: every change, reload and tick), [`features`] (where service tags,
+//! [`engine`] (the owner: every change, reload and tick), [`hooks`] (where service tags,
 //! expiry, metrics, the deny log and the lockout guard plug in), [`telemetry`] (counters other
 //! tasks read), [`check`] (`apifence check-config`).
 //!
@@ -14,9 +14,10 @@
 
 pub mod check;
 pub mod config;
+pub mod denied;
 pub mod desired;
 pub mod engine;
-pub mod features;
+pub mod hooks;
 pub mod protocol;
 pub mod server;
 pub mod state_file;
@@ -38,19 +39,19 @@ use tokio::sync::{mpsc, oneshot, watch as channel};
 use tracing::{error, info, warn};
 
 pub use desired::{Desired, Resolved, TagSource, resolve};
-pub use features::{Features, NoFeatures};
+pub use hooks::{Features, NoFeatures};
 
 use crate::{
     daemon::{
         config::{ConfigFileError, LoadedConfig},
         desired::ResolveError,
         engine::{Command, Engine, EngineSetup},
-        features::TaskContext,
+        hooks::TaskContext,
         state_file::StateError,
         telemetry::Telemetry,
     },
-    filter::FilterError,
-    paths::{PinLayout, StateLayout},
+    kernel::operations::FilterError,
+    kernel::paths::{PinLayout, StateLayout},
 };
 
 /// How often the engine ticks.

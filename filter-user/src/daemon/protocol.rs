@@ -35,10 +35,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::{
-    compile::FamilyCounts,
+    daemon::denied::{DeniedQuery, DeniedReport},
     daemon::{config::RangesFrom, desired::Diff},
-    deny_log::{DeniedQuery, DeniedReport},
     policy::Mode,
+    policy::compile::FamilyCounts,
 };
 
 /// Longest request or response line accepted (a range list of a few hundred thousand

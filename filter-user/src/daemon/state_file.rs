@@ -19,7 +19,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{daemon::desired::Authorized, paths::StateLayout, policy::Mode};
+use crate::{daemon::desired::Authorized, kernel::paths::StateLayout, policy::Mode};
 
 /// Current [`StateFile::version`].
 pub const STATE_VERSION: u32 = 1;

@@ -9,9 +9,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use time::OffsetDateTime;
 
-use crate::{compile::FamilyCounts, daemon::protocol::ApplyInfo};
+use crate::{
+    daemon::protocol::ApplyInfo,
+    policy::{compile::FamilyCounts, timestamp::rfc3339},
+};
 
 /// Shared, cheap-to-read daemon counters. Held in an `Arc` by the engine and by tasks.
 #[derive(Debug)]
@@ -38,11 +41,6 @@ impl Default for Telemetry {
             last: Mutex::new(Last::default()),
         }
     }
-}
-
-/// RFC 3339 text of `time` (UTC).
-pub fn rfc3339(time: OffsetDateTime) -> String {
-    time.format(&Rfc3339).unwrap_or_else(|_| time.to_string())
 }
 
 impl Telemetry {

@@ -5,8 +5,8 @@
 #![allow(dead_code, reason = "each test crate uses a part of it")]
 
 use apifence::{
-    filter::{self, AttachOptions, Filter, Stats},
-    paths::PinLayout,
+    kernel::operations::{self, AttachOptions, Filter, Stats},
+    kernel::paths::PinLayout,
     policy::Policy,
 };
 use apifence_tests::{bpffs::Bpffs, frame::Frame};
@@ -58,7 +58,7 @@ impl Lab {
 /// Loads and pins the program under `layout` (attached to no interface), applies `policy`
 /// and opens the pinned program.
 pub fn load(layout: &PinLayout, policy: Policy) -> Xdp {
-    filter::attach(layout, &AttachOptions::default()).expect("load and pin the program");
+    operations::attach(layout, &AttachOptions::default()).expect("load and pin the program");
     Filter::open_for_write(layout)
         .expect("open the filter")
         .apply_policy(policy)

@@ -217,7 +217,7 @@ fn commands(args: &BenchArgs, apifence_bin: &Path) -> Vec<String> {
         .display();
     vec![
         format!("cargo xtask {}", args.to_cli_args().join(" ")),
-        "# in-kernel: apifence::filter::attach (no interface) + Filter::apply_policy, then \
+        "# in-kernel: apifence::kernel::operations::attach (no interface) + Filter::apply_policy, then \
          BPF_PROG_TEST_RUN (repeat as in plan.kernel_repeat) on the pinned program and on the \
          benchmark object's bench_empty / bench_parse / bench_rotate"
             .into(),

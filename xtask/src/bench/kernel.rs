@@ -12,8 +12,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use apifence::filter::{self, AttachOptions, DetachTarget, Filter};
-use apifence::paths::PinLayout;
+use apifence::kernel::operations::{self, AttachOptions, DetachTarget, Filter};
+use apifence::kernel::paths::PinLayout;
 use apifence_tests::Frame;
 use aya::programs::Xdp;
 use aya_obj::programs::XdpAttachType;
@@ -148,7 +148,7 @@ pub struct Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        if let Err(e) = filter::detach(&self.layout, &DetachTarget::All) {
+        if let Err(e) = operations::detach(&self.layout, &DetachTarget::All) {
             eprintln!(
                 "warning: removing the filter pinned at {}: {e:#}",
                 self.layout.root().display()
@@ -193,7 +193,7 @@ pub fn setup(plan: &Plan, lists: &[List]) -> Result<Setup> {
         );
         let layout = PinLayout::new(bpffs.path().join(&label));
         let capacity = (list.prefixes.len().max(16) as u32).next_power_of_two();
-        filter::attach(
+        operations::attach(
             &layout,
             &AttachOptions {
                 capacity: Some(capacity),

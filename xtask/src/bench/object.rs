@@ -1,5 +1,5 @@
 //! The benchmark-only eBPF object (`filter-ebpf/src/bench.rs`, embedded as
-//! `apifence::program::BENCH_OBJECT`): loading it, filling its key sets, pointing its rotating
+//! `apifence::kernel::program::BENCH_OBJECT`): loading it, filling its key sets, pointing its rotating
 //! program at a target, running programs through `BPF_PROG_TEST_RUN`, and the tc egress pair of
 //! the end-to-end runs. Map and program names mirror `bench.rs`.
 
@@ -44,7 +44,7 @@ impl BenchObject {
     pub fn load(key_slots: u32) -> Result<BenchObject> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("KEYS", key_slots.max(1))
-            .load(apifence::program::BENCH_OBJECT)
+            .load(apifence::kernel::program::BENCH_OBJECT)
             .context("loading the benchmark object")?;
         for name in [EMPTY, DROP, PARSE, ROTATE] {
             let program: &mut Xdp = ebpf

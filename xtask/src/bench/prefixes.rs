@@ -310,7 +310,7 @@ pub fn range_text<T: std::fmt::Display>(prefixes: &[T]) -> String {
 
 /// Prefixes merged the way apifence compiles them (so the counts are what the maps hold).
 pub fn merged(prefixes: &[IpNet]) -> Vec<IpNet> {
-    apifence::ranges::merge::merge(prefixes)
+    apifence::policy::merge::merge(prefixes)
 }
 
 #[cfg(test)]

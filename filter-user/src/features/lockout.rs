@@ -15,7 +15,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::gate::{Gate, is_loopback};
+use crate::policy::verdict::{VerdictModel, is_loopback};
 
 /// `st` of an established TCP socket in `/proc/net/tcp`.
 const TCP_ESTABLISHED: u8 = 0x01;
@@ -248,7 +248,7 @@ impl GuardOptions {
 /// The connections among `connections` that `after` would drop.
 pub fn would_cut(
     connections: &[Connection],
-    after: &Gate,
+    after: &VerdictModel,
     options: GuardOptions,
 ) -> Vec<Connection> {
     connections
@@ -264,7 +264,11 @@ pub fn would_cut(
 
 /// The guard: `Ok` with nothing cut, or [`LockoutError::WouldCut`] naming the connections that
 /// `after` would drop, among those established now in this thread's network namespace.
-pub fn check(after: &Gate, ports: &[u16], options: GuardOptions) -> Result<(), LockoutError> {
+pub fn check(
+    after: &VerdictModel,
+    ports: &[u16],
+    options: GuardOptions,
+) -> Result<(), LockoutError> {
     let cut = would_cut(&established(ports)?, after, options);
     if cut.is_empty() {
         Ok(())
@@ -416,7 +420,7 @@ mod tests {
             mode,
             ..Policy::default()
         };
-        let after = Gate::from_policy(&policy("203.0.113.0/24", Mode::Enforce)).unwrap();
+        let after = VerdictModel::from_policy(&policy("203.0.113.0/24", Mode::Enforce)).unwrap();
         let cut = would_cut(&connections, &after, GuardOptions::default());
         assert_eq!(cut, [connections[0], connections[5]]);
         let with_lo = would_cut(
@@ -434,12 +438,13 @@ mod tests {
             ]
         );
 
-        let monitor = Gate::from_policy(&policy("203.0.113.0/24", Mode::Monitor)).unwrap();
+        let monitor = VerdictModel::from_policy(&policy("203.0.113.0/24", Mode::Monitor)).unwrap();
         assert!(would_cut(&connections, &monitor, GuardOptions::default()).is_empty());
-        let disabled = Gate::from_policy(&policy("", Mode::Enforce)).unwrap();
+        let disabled = VerdictModel::from_policy(&policy("", Mode::Enforce)).unwrap();
         assert!(would_cut(&connections, &disabled, GuardOptions::default()).is_empty());
         let covering =
-            Gate::from_policy(&policy("192.0.2.0/24 2001:db8::/32", Mode::Enforce)).unwrap();
+            VerdictModel::from_policy(&policy("192.0.2.0/24 2001:db8::/32", Mode::Enforce))
+                .unwrap();
         assert!(would_cut(&connections, &covering, GuardOptions::default()).is_empty());
 
         assert_eq!(

@@ -17,7 +17,7 @@ use filter_common::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::{compile::CompiledSlot, paths::PinLayout};
+use crate::{kernel::paths::PinLayout, policy::compile::CompiledSlot};
 
 /// A map operation failed.
 #[derive(Debug, thiserror::Error)]

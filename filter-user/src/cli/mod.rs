@@ -8,18 +8,25 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::{
-    attach::XdpModeChoice,
     daemon::{
         self, DaemonOptions,
         desired::{Diff, Resolved, ResolvedEntry},
         protocol::{ChangeFlags, EntryMeta, ModeChange, RangesChange, Reply, Request},
     },
-    filter::{self, AttachOptions, DetachTarget, Filter},
-    paths::{DEFAULT_BPFFS_DIR, DEFAULT_CONFIG_FILE, DEFAULT_SOCKET, PinLayout},
+    kernel::operations::{self, AttachOptions, DetachTarget, Filter},
+    kernel::paths::{DEFAULT_BPFFS_DIR, DEFAULT_CONFIG_FILE, DEFAULT_SOCKET, PinLayout},
+    policy::XdpModeChoice,
+    policy::language::{RangeList, parse_authorized, parse_prefixes},
     policy::{Mode, Policy, parse_ports},
-    ranges::language::{RangeList, parse_authorized, parse_prefixes},
-    remote,
 };
+
+pub mod remote;
+
+/// The features the `apifence` binary runs (`daemon` and `check-config` both use it): the one
+/// place that decides.
+fn standard_features() -> Box<dyn daemon::Features> {
+    Box::new(crate::features::standard::StandardFeatures::default())
+}
 
 /// How the CLI and the daemon share the work, shown in `apifence --help`.
 const DAEMON_NOTE: &str = "With an apifence daemon running (apifence daemon --config FILE), \
@@ -313,7 +320,7 @@ struct ShowJson {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     if let Some(name) = &cli.netns {
-        crate::netns::enter(name)?;
+        crate::kernel::netns::enter(name)?;
     }
     let layout = PinLayout::new(&cli.bpffs);
     match cli.command {
@@ -348,7 +355,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 capacity,
                 always_allow: always_allow.as_deref().map(parse_prefixes).transpose()?,
             };
-            let report = filter::attach(&layout, &options)?;
+            let report = operations::attach(&layout, &options)?;
             for (interface, mode) in &report.attached {
                 println!("attached to {interface} ({} mode)", mode.as_str());
             }
@@ -370,7 +377,7 @@ pub fn run(cli: Cli) -> Result<()> {
             } else {
                 DetachTarget::Interfaces(interfaces)
             };
-            let report = filter::detach(&layout, &target)?;
+            let report = operations::detach(&layout, &target)?;
             for interface in &report.detached {
                 println!("detached from {interface}");
             }
@@ -438,14 +445,14 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             let result = runtime.block_on(async {
                 let shutdown = daemon::shutdown_signal();
-                daemon::run(options, daemon::features::standard(), shutdown).await
+                daemon::run(options, standard_features(), shutdown).await
             });
             // Don't wait on work stuck past the daemon's own shutdown bounds.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
             result?;
         }
         Command::CheckConfig { file, json } => {
-            let mut features = daemon::features::standard();
+            let mut features = standard_features();
             let report = daemon::check::check(&file, features.as_mut())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -463,7 +470,7 @@ pub fn run(cli: Cli) -> Result<()> {
             ),
         },
         Command::Denied { top, json } => {
-            let query = Request::Denied(crate::deny_log::DeniedQuery { top: Some(top) });
+            let query = Request::Denied(crate::daemon::denied::DeniedQuery { top: Some(top) });
             match remote::call(&cli.socket, &query)? {
                 Some(Reply::Denied(report)) if json => {
                     println!("{}", serde_json::to_string_pretty(&report.sources)?);
@@ -692,7 +699,7 @@ fn as_resolved(policy: &Policy) -> Result<Resolved> {
             .entries()
             .iter()
             .map(|net| ResolvedEntry {
-                entry: daemon::desired::RangeEntry::plain(crate::ranges::language::Entry::Prefix(
+                entry: daemon::desired::RangeEntry::plain(crate::policy::language::Entry::Prefix(
                     *net,
                 )),
                 prefixes: vec![*net],
@@ -707,4 +714,15 @@ fn print_direct_dry_run(before: &Policy, after: &Policy) -> Result<()> {
     println!("dry run: nothing was changed; the change would do this:");
     print!("{}", remote::render_diff(&diff));
     Ok(())
+}
+
+/// `--xdp-mode` values come from the policy layer's names, so the flag and the config key agree.
+impl clap::ValueEnum for XdpModeChoice {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()).help(self.help()))
+    }
 }

@@ -4,7 +4,7 @@ use std::{fs::File, os::fd::AsRawFd};
 
 use anyhow::{Context, Result};
 
-use crate::paths::netns_path;
+use crate::kernel::paths::netns_path;
 
 /// Moves this process into the network namespace `name` (from `ip netns add`).
 pub fn enter(name: &str) -> Result<()> {

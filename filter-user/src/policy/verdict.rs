@@ -8,9 +8,9 @@ use std::{collections::BTreeSet, net::IpAddr};
 use ipnet::IpNet;
 
 use crate::{
-    compile::{FamilyCounts, authorized_prefixes},
+    policy::compile::{FamilyCounts, authorized_prefixes},
     policy::{Mode, Policy},
-    ranges::{
+    policy::{
         language::{RangeError, RangeList},
         merge::merge,
     },
@@ -18,7 +18,7 @@ use crate::{
 
 /// A policy compiled for membership questions.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Gate {
+pub struct VerdictModel {
     enabled: bool,
     mode: Mode,
     ports: BTreeSet<u16>,
@@ -28,7 +28,7 @@ pub struct Gate {
     v6: Vec<(u128, u128)>,
 }
 
-impl Gate {
+impl VerdictModel {
     /// The gate of `policy`: its authorized ranges and always-allow list, ports and mode.
     pub fn from_policy(policy: &Policy) -> Result<Self, RangeError> {
         let (list, prefixes) = authorized_prefixes(policy)?;
@@ -144,7 +144,7 @@ mod tests {
 
     #[test]
     fn mirrors_the_policy() {
-        let gate = Gate::from_policy(&policy(
+        let gate = VerdictModel::from_policy(&policy(
             "10.0.0.0/8, 192.0.2.0/25, 2001:db8::/32",
             &["198.51.100.7/32", "10.1.0.0/16"],
             Mode::Enforce,
@@ -181,16 +181,17 @@ mod tests {
 
     #[test]
     fn disabled_monitor_and_only_always_allowed() {
-        let disabled = Gate::from_policy(&policy("", &[], Mode::Enforce)).unwrap();
+        let disabled = VerdictModel::from_policy(&policy("", &[], Mode::Enforce)).unwrap();
         assert!(!disabled.enabled());
         assert!(!disabled.drops(ip("192.0.2.1"), 6443));
 
-        let monitor = Gate::from_policy(&policy("10.0.0.0/8", &[], Mode::Monitor)).unwrap();
+        let monitor = VerdictModel::from_policy(&policy("10.0.0.0/8", &[], Mode::Monitor)).unwrap();
         assert!(monitor.denies(ip("192.0.2.1"), 6443));
         assert!(!monitor.drops(ip("192.0.2.1"), 6443));
 
         let only =
-            Gate::from_policy(&policy("0.0.0.0/32", &["198.51.100.7/32"], Mode::Enforce)).unwrap();
+            VerdictModel::from_policy(&policy("0.0.0.0/32", &["198.51.100.7/32"], Mode::Enforce))
+                .unwrap();
         assert!(only.enabled());
         assert!(only.authorizes(ip("198.51.100.7")));
         assert!(!only.authorizes(ip("10.0.0.1")));
@@ -216,7 +217,7 @@ mod tests {
                 .into_iter()
                 .map(|(a, len)| IpNet::new(IpAddr::V4(Ipv4Addr::from(a)), len).unwrap().trunc())
                 .collect();
-            let gate = Gate::new(true, Mode::Enforce, &[443], &nets);
+            let gate = VerdictModel::new(true, Mode::Enforce, &[443], &nets);
             for p in probes {
                 // Probe both random addresses and the edges of each prefix.
                 let addr = IpAddr::V4(Ipv4Addr::from(p));

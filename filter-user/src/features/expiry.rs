@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use time::OffsetDateTime;
+
+use crate::policy::timestamp::rfc3339;
 
 /// Something that may carry an expiry time and a note (an authorized-range entry).
 pub trait Expiring {
@@ -99,12 +101,6 @@ pub fn delay_until(next: Option<OffsetDateTime>, now: OffsetDateTime, max: Durat
     }
 }
 
-/// Formats `at` as RFC 3339 (`2026-12-01T00:00:00Z`).
-pub fn rfc3339(at: OffsetDateTime) -> String {
-    at.format(&Rfc3339)
-        .unwrap_or_else(|_| at.unix_timestamp().to_string())
-}
-
 /// The log line for an expired entry.
 fn expired_message(entry: &impl Expiring, at: OffsetDateTime) -> String {
     match entry.note() {
@@ -145,7 +141,8 @@ mod tests {
     }
 
     fn at(text: &str) -> OffsetDateTime {
-        OffsetDateTime::parse(text, &Rfc3339).expect("test time")
+        OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .expect("test time")
     }
 
     fn item(label: &'static str, expires: Option<&str>) -> Item {

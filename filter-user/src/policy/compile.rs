@@ -8,7 +8,7 @@ use ipnet::IpNet;
 
 use crate::{
     policy::{Mode, Policy},
-    ranges::{
+    policy::{
         language::{RangeError, RangeList, parse_authorized},
         merge::merge,
     },

@@ -28,7 +28,7 @@ use tokio::{
     sync::Semaphore,
 };
 
-use crate::{compile::FamilyCounts, filter::Stats};
+use crate::{kernel::operations::Stats, policy::compile::FamilyCounts};
 
 /// Content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -408,7 +408,7 @@ async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filter::RangeHits;
+    use crate::kernel::operations::RangeHits;
 
     fn stats() -> Stats {
         Stats {

@@ -15,14 +15,15 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::{
-    attach::{self, AttachError, XdpModeChoice},
-    bpffs::{self, BpffsError, DirLock},
-    compile::{self, CompileError, FamilyCounts},
-    maps::{FilterMaps, MapsError, SlotContents},
-    paths::PinLayout,
+    kernel::attach::{self, AttachError},
+    kernel::bpffs::{self, BpffsError, DirLock},
+    kernel::grace_period,
+    kernel::maps::{FilterMaps, MapsError, SlotContents},
+    kernel::paths::PinLayout,
+    policy::XdpModeChoice,
+    policy::compile::{self, CompileError, FamilyCounts},
     policy::{Mode, Policy, RECORD_VERSION, Record},
-    ranges::{language::parse_authorized, merge::merge},
-    rcu,
+    policy::{language::parse_authorized, merge::merge},
 };
 
 /// Any failure of a filter operation.
@@ -244,7 +245,7 @@ impl Filter {
         let started = Instant::now();
         // A crash between an earlier flip and its wait could leave readers on the inactive
         // slot; waiting here makes the inactive slot safe to rewrite in every case.
-        rcu::wait_for_readers();
+        grace_period::wait_for_readers();
         let active = self.maps.active_slot()?;
         let target = 1 - active;
         let ids = match self.slot_contents(active) {
@@ -263,7 +264,7 @@ impl Filter {
         self.maps
             .write_slot(target, &compiled, &bytes, previous.as_ref())?;
         self.maps.flip(target)?;
-        rcu::wait_for_readers();
+        grace_period::wait_for_readers();
         Ok(ApplyReport {
             given: given_counts(&record.policy),
             compiled: compiled.counts,

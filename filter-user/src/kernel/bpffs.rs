@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::paths::SYSTEM_BPFFS_MOUNT;
+use crate::kernel::paths::SYSTEM_BPFFS_MOUNT;
 
 /// `f_type` of a bpffs superblock.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;

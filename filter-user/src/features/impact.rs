@@ -4,8 +4,8 @@
 //!
 //! The entry-level diff (entries added and removed as given, merged prefixes added and removed)
 //! is `daemon::desired::Diff`; this module adds what the change does to real traffic. Pure:
-//! the caller passes the connections (from [`crate::lockout::established`]) and the recent
-//! denied sources (from the [`crate::deny_log::DenyLog`]).
+//! the caller passes the connections (from [`crate::features::lockout::established`]) and the recent
+//! denied sources (from the [`crate::features::deny_log::DenyLog`]).
 
 use std::{collections::BTreeSet, net::IpAddr};
 
@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::{
-    compile::FamilyCounts,
-    deny_log::DeniedSource,
-    gate::Gate,
-    lockout::{Connection, GuardOptions, would_cut},
+    daemon::denied::DeniedSource,
+    features::lockout::{Connection, GuardOptions, would_cut},
+    policy::compile::FamilyCounts,
+    policy::verdict::VerdictModel,
 };
 
 /// A source whose verdict on a port would change.
@@ -54,8 +54,8 @@ pub struct Impact {
 /// `connections` are the established connections to protected ports now; `denied` the deny
 /// log's rows; `recent_authorized` other (source, port) pairs known to be authorized now.
 pub fn impact(
-    before: &Gate,
-    after: &Gate,
+    before: &VerdictModel,
+    after: &VerdictModel,
     connections: &[Connection],
     options: GuardOptions,
     denied: &[DeniedSource],
@@ -133,7 +133,7 @@ impl Impact {
                     line.push_str(&format!(", {} packets denied", flip.denied_packets));
                 }
                 if let Some(at) = flip.last_seen {
-                    line.push_str(&format!(", last {}", crate::expiry::rfc3339(at)));
+                    line.push_str(&format!(", last {}", crate::policy::timestamp::rfc3339(at)));
                 }
                 lines.push(line);
             }
@@ -158,8 +158,8 @@ mod tests {
     use crate::policy::{Mode, Policy};
     use std::net::SocketAddr;
 
-    fn gate(ranges: &str) -> Gate {
-        Gate::from_policy(&Policy {
+    fn gate(ranges: &str) -> VerdictModel {
+        VerdictModel::from_policy(&Policy {
             ranges: ranges.into(),
             always_allow: vec!["198.51.100.7/32".parse().unwrap()],
             mode: Mode::Enforce,

@@ -90,7 +90,7 @@ pub fn render_diff(diff: &Diff) -> String {
 }
 
 /// Human text of a change's impact: its `summary` lines when the daemon sent them (see
-/// `diff::Impact::describe`), else the JSON as sent.
+/// `impact::Impact::describe`), else the JSON as sent.
 pub fn render_impact(impact: &serde_json::Value) -> String {
     match impact.get("summary").and_then(serde_json::Value::as_array) {
         Some(lines) => lines
@@ -195,7 +195,7 @@ pub fn print_show(show: &ShowReply, json: bool) -> Result<()> {
             let _ = write!(
                 line,
                 "  [expires {}]",
-                crate::daemon::telemetry::rfc3339(expires)
+                crate::policy::timestamp::rfc3339(expires)
             );
         }
         println!("{line}");

@@ -1,8 +1,8 @@
 //! The daemon's standard features, plugged into the core through
-//! [`Features`]: service tags ([`crate::service_tags`]),
-//! expiry ([`crate::expiry`]), the deny log ([`crate::deny_log`]), metrics
-//! ([`crate::metrics`]) and the lockout guard with the dry-run impact ([`crate::lockout`],
-//! [`crate::diff`]). This module only connects them; each one's logic lives in its own module.
+//! [`Features`]: service tags ([`crate::features::service_tags`]),
+//! expiry ([`crate::features::expiry`]), the deny log ([`crate::features::deny_log`]), metrics
+//! ([`crate::features::metrics`]) and the lockout guard with the dry-run impact ([`crate::features::lockout`],
+//! [`crate::features::impact`]). This module only connects them; each one's logic lives in its own module.
 //!
 //! - Names resolve through the `service_tags_file` of the config, loaded at start and on every
 //!   reload (a changed tags file triggers a reload like the config itself).
@@ -30,23 +30,24 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::{
+    daemon::denied::{DeniedQuery, DeniedReport},
     daemon::{
         ErrorChain,
         config::Config,
         desired::{Authorized, Desired, RangeEntry, TagSource},
-        features::{Features, Origin, Plan, Review, TaskContext},
+        hooks::{Features, Origin, Plan, Review, TaskContext},
         telemetry::Telemetry,
     },
-    deny_log::{DeniedQuery, DeniedReport, DenyLog, DenyReader},
-    diff,
-    expiry::{self, Expiring},
-    filter::Filter,
-    gate::Gate,
-    lockout::{self, GuardOptions, LockoutError},
-    maps::FilterMaps,
-    metrics::{self, DaemonGauges, Renderer, ServerOptions},
-    paths::PinLayout,
-    service_tags::ServiceTags,
+    features::deny_log::{DenyLog, DenyReader},
+    features::expiry::{self, Expiring},
+    features::impact,
+    features::lockout::{self, GuardOptions, LockoutError},
+    features::metrics::{self, DaemonGauges, Renderer, ServerOptions},
+    features::service_tags::ServiceTags,
+    kernel::maps::FilterMaps,
+    kernel::operations::Filter,
+    kernel::paths::PinLayout,
+    policy::verdict::VerdictModel,
 };
 
 /// Deny-log rows considered for "sources that would flip" in a dry run.
@@ -133,7 +134,7 @@ impl StandardFeatures {
             {
                 info!(
                     entry = %expired.entry.text(),
-                    expired_at = %expiry::rfc3339(expired.expired_at),
+                    expired_at = %crate::policy::timestamp::rfc3339(expired.expired_at),
                     "{}",
                     expired.message
                 );
@@ -194,8 +195,8 @@ impl Features for StandardFeatures {
             return Review::default();
         }
         let (Ok(before), Ok(after)) = (
-            Gate::from_policy(&plan.before.policy),
-            Gate::from_policy(&plan.after.policy),
+            VerdictModel::from_policy(&plan.before.policy),
+            VerdictModel::from_policy(&plan.after.policy),
         ) else {
             // Unreachable: both policies compiled before the review.
             return Review::default();
@@ -221,7 +222,7 @@ impl Features for StandardFeatures {
         };
         let denied = self.shared.deny_log().top(MAX_FLIP_CANDIDATES);
         let guard = GuardOptions::for_interfaces(&plan.config.interfaces);
-        let impact = diff::impact(&before, &after, &connections, guard, &denied, &[]);
+        let impact = impact::impact(&before, &after, &connections, guard, &denied, &[]);
         let refusal = (guarded && !impact.cut.is_empty())
             .then(|| LockoutError::WouldCut(impact.cut.clone()).to_string());
         let mut json = serde_json::to_value(&impact).unwrap_or_default();
@@ -317,11 +318,11 @@ mod tests {
     use crate::{
         daemon::{
             desired::{Resolved, resolve},
-            features::Plan,
+            hooks::Plan,
             protocol::ChangeFlags,
         },
         policy::Mode,
-        ranges::language::Entry,
+        policy::language::Entry,
     };
     use time::format_description::well_known::Rfc3339;
 

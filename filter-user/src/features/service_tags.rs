@@ -27,12 +27,12 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    compile::FamilyCounts,
-    ranges::{
+    policy::compile::FamilyCounts,
+    policy::suggest,
+    policy::{
         language::{Entry, RangeError, tokenize},
         merge::merge,
     },
-    suggest,
 };
 
 /// Where the file comes from, for error messages.

@@ -9,6 +9,43 @@ use serde::{Deserialize, Serialize};
 /// Default protected TCP destination ports: HTTPS and the Kubernetes API server.
 pub const DEFAULT_PORTS: [u16; 2] = [443, 6443];
 
+/// How to attach to an interface (`attach --xdp-mode`, config `xdp_mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpModeChoice {
+    /// Native (driver) mode, falling back to skb mode when the driver refuses, and saying so.
+    #[default]
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode only.
+    Skb,
+}
+
+impl XdpModeChoice {
+    /// Every choice, in the order help texts list them.
+    pub const ALL: [Self; 3] = [Self::Auto, Self::Native, Self::Skb];
+
+    /// The name used on the command line and in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Skb => "skb",
+        }
+    }
+
+    /// One line saying what the choice does.
+    pub fn help(self) -> &'static str {
+        match self {
+            Self::Auto => {
+                "Native (driver) mode, falling back to skb mode when the driver refuses, and saying so"
+            }
+            Self::Native => "Native (driver) mode only",
+            Self::Skb => "Generic (skb) mode only",
+        }
+    }
+}
+
 /// Enforce (drop unauthorized packets) or monitor (count them as would-drop, pass them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

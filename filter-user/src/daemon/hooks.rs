@@ -1,7 +1,7 @@
 //! Where the features built on the daemon core plug in: service tags, expiry, metrics, the
 //! deny log and the lockout guard. The engine calls a [`Features`] at fixed points; every
 //! method has a default that does nothing, so [`NoFeatures`] is the core alone.
-//! [`standard`] is the one place that decides which features the `apifence` binary runs.
+//! The features themselves live one layer up; the command line decides which of them run.
 //!
 //! Threads: [`Features::spawn_tasks`] runs once on the engine thread inside the tokio runtime
 //! (so it may `tokio::spawn`); every other method runs on the engine thread, which owns the
@@ -13,15 +13,15 @@ use time::OffsetDateTime;
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
+    daemon::denied::{DeniedQuery, DeniedReport},
     daemon::{
         config::Config,
         desired::{Desired, Diff, Resolved, TagSource},
         protocol::ChangeFlags,
         telemetry::Telemetry,
     },
-    deny_log::{DeniedQuery, DeniedReport},
-    filter::ApplyReport,
-    paths::PinLayout,
+    kernel::operations::ApplyReport,
+    kernel::paths::PinLayout,
 };
 
 /// What asked for a change.
@@ -147,8 +147,3 @@ pub trait Features: Send + 'static {
 pub struct NoFeatures;
 
 impl Features for NoFeatures {}
-
-/// The features the `apifence` binary runs (`daemon` and `check-config` both use it).
-pub fn standard() -> Box<dyn Features> {
-    Box::new(crate::daemon_features::StandardFeatures::default())
-}

@@ -12,19 +12,10 @@ use filter_common::{
     rule_capacity,
 };
 
-use crate::{paths::PinLayout, policy::AttachedMode, program::OBJECT};
-
-/// How to attach to an interface.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum XdpModeChoice {
-    /// Native (driver) mode, falling back to skb mode when the driver refuses, and saying so.
-    #[default]
-    Auto,
-    /// Native (driver) mode only.
-    Native,
-    /// Generic (skb) mode only.
-    Skb,
-}
+use crate::{
+    kernel::{paths::PinLayout, program::OBJECT},
+    policy::{AttachedMode, XdpModeChoice},
+};
 
 /// Loading or attaching failed.
 #[derive(Debug, thiserror::Error)]
