@@ -423,3 +423,76 @@ fn every_subcommand_help_has_an_example() {
         );
     }
 }
+
+#[test]
+fn a_closed_or_full_stdout_ends_quietly_or_says_whether_the_change_was_applied() {
+    if !require_privileges(
+        "a_closed_or_full_stdout_ends_quietly_or_says_whether_the_change_was_applied",
+    ) {
+        return;
+    }
+    let lab = Lab::new();
+    lab.ok(&["attach", "api0"]);
+    lab.ok(&["ranges", "set", "198.18.0.2"]);
+    let run = |args: &[&str], stdout: Stdio, stderr: Stdio| -> Output {
+        Command::new(apifence_bin().expect("apifence binary"))
+            .arg("--netns")
+            .arg(lab.api.name())
+            .arg("--bpffs")
+            .arg(lab.bpffs.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .output()
+            .expect("run apifence")
+    };
+    let full = || {
+        Stdio::from(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .expect("/dev/full"),
+        )
+    };
+
+    // A reader that is already gone: quiet, success, no panic.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = run(&["stats", "--json"], Stdio::from(writer), Stdio::piped());
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A full stdout on a read: an error message and exit 1, not a panic (101).
+    let out = run(&["ranges", "show"], full(), Stdio::piped());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("error: writing to stdout"), "{stderr}");
+
+    // A full stdout after a change: the change stands and exit 3 says so.
+    let out = run(
+        &["ranges", "set", "198.18.0.2,198.18.0.7"],
+        full(),
+        Stdio::piped(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("the change was applied"), "{stderr}");
+    let shown = lab.json(&["ranges", "show", "--json"]);
+    assert_eq!(
+        shown["ranges"],
+        serde_json::json!(["198.18.0.2/32", "198.18.0.7/32"])
+    );
+
+    // A full stderr on a failure: still exit 1, not a panic.
+    let out = run(&["ranges", "set", "10.0.0.0/33"], Stdio::null(), full());
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+
+    // One list syntax: an empty port entry is refused like an empty range entry.
+    let err = lab.fails(&["attach", "api0", "--ports", "443,,6443"]);
+    assert!(err.contains("entry 2 of the port list is empty"), "{err}");
+}

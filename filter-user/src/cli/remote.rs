@@ -104,36 +104,42 @@ pub fn render_impact(impact: &serde_json::Value) -> String {
 }
 
 /// Prints the outcome of a change (the same lines as the direct CLI when applied).
-pub fn print_change(reply: &ChangeReply) {
+pub fn print_change(reply: &ChangeReply) -> Result<()> {
     if reply.dry_run {
-        println!("dry run: nothing was changed; the change would do this:");
-        print!("{}", render_diff(&reply.diff));
+        crate::outln!("dry run: nothing was changed; the change would do this:");
+        crate::out!("{}", render_diff(&reply.diff));
         if let Some(impact) = &reply.impact {
-            println!("impact:\n{}", render_impact(impact));
+            crate::outln!("impact:\n{}", render_impact(impact));
         }
-        return;
+        return Ok(());
     }
     if reply.diff.is_empty() {
-        println!("no change");
-        return;
+        crate::outln!("no change");
+        return Ok(());
     }
+    super::output::mark_applied();
     if reply.diff.mode_before != reply.diff.mode_after {
-        println!("mode: {}", reply.diff.mode_after.as_str());
+        crate::outln!("mode: {}", reply.diff.mode_after.as_str());
     }
     match reply.diff.filtering_after.as_str() {
-        "disabled" => println!("filtering disabled: all traffic passes"),
-        "only_always_allowed" => println!("only the always-allow list may connect"),
-        _ => println!(
+        "disabled" => crate::outln!("filtering disabled: all traffic passes"),
+        "only_always_allowed" => crate::outln!("only the always-allow list may connect"),
+        _ => crate::outln!(
             "enforced {} IPv4 and {} IPv6 prefixes (from {} and {} given) in {:.1} ms",
-            reply.compiled.v4, reply.compiled.v6, reply.given.v4, reply.given.v6, reply.apply_ms
+            reply.compiled.v4,
+            reply.compiled.v6,
+            reply.given.v4,
+            reply.given.v6,
+            reply.apply_ms
         ),
     }
+    Ok(())
 }
 
 /// Prints `ranges show` from the daemon.
 pub fn print_show(show: &ShowReply, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(show)?);
+        crate::outln!("{}", serde_json::to_string_pretty(show)?);
         return Ok(());
     }
     let join = |items: Vec<String>| {
@@ -143,7 +149,7 @@ pub fn print_show(show: &ShowReply, json: bool) -> Result<()> {
             items.join(", ")
         }
     };
-    println!(
+    crate::outln!(
         "filtering:    {}",
         if show.enabled {
             "enabled"
@@ -151,12 +157,12 @@ pub fn print_show(show: &ShowReply, json: bool) -> Result<()> {
             "disabled (all traffic passes)"
         }
     );
-    println!("mode:         {}", show.mode.as_str());
-    println!(
+    crate::outln!("mode:         {}", show.mode.as_str());
+    crate::outln!(
         "ports:        {}",
         join(show.ports.iter().map(ToString::to_string).collect())
     );
-    println!(
+    crate::outln!(
         "interfaces:   {}",
         join(
             show.interfaces
@@ -165,13 +171,13 @@ pub fn print_show(show: &ShowReply, json: bool) -> Result<()> {
                 .collect()
         )
     );
-    println!("always allow: {}", join(show.always_allow.clone()));
-    println!(
+    crate::outln!("always allow: {}", join(show.always_allow.clone()));
+    crate::outln!(
         "source:       {} ({})",
         show.source.as_str(),
         show.config.display()
     );
-    println!(
+    crate::outln!(
         "ranges ({}; IPv4 {} -> {} and IPv6 {} -> {} after merging):",
         show.ranges.len(),
         show.given.v4,
@@ -198,10 +204,10 @@ pub fn print_show(show: &ShowReply, json: bool) -> Result<()> {
                 crate::policy::timestamp::rfc3339(expires)
             );
         }
-        println!("{line}");
+        crate::outln!("{line}");
     }
     if show.entries.is_empty() && show.enabled {
-        println!("  0.0.0.0/32 (only the always-allow list)");
+        crate::outln!("  0.0.0.0/32 (only the always-allow list)");
     }
     Ok(())
 }
@@ -209,52 +215,59 @@ pub fn print_show(show: &ShowReply, json: bool) -> Result<()> {
 /// Prints `status`.
 pub fn print_status(status: &StatusReply, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(status)?);
+        crate::outln!("{}", serde_json::to_string_pretty(status)?);
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "daemon:          pid {} (apifence {}), up since {}",
-        status.pid, status.version, status.started_at
+        status.pid,
+        status.version,
+        status.started_at
     );
-    println!("config:          {}", status.config.display());
-    println!(
+    crate::outln!("config:          {}", status.config.display());
+    crate::outln!(
         "ranges from:     {} (state file {})",
         status.ranges_from.as_str(),
         status.state_file.display()
     );
-    println!(
+    crate::outln!(
         "filtering:       {} ({})",
         status.filtering,
         status.mode.as_str()
     );
-    println!(
+    crate::outln!(
         "reloads:         {} ok, {} rejected",
-        status.reloads, status.reload_failures
+        status.reloads,
+        status.reload_failures
     );
     if let Some(error) = &status.last_reload_error {
-        println!("last reload:     rejected: {error}");
+        crate::outln!("last reload:     rejected: {error}");
     }
     if let Some(apply) = &status.last_apply {
-        println!(
+        crate::outln!(
             "last apply:      {} ({:.1} ms; IPv4 {}, IPv6 {} prefixes)",
-            apply.at, apply.duration_ms, apply.compiled.v4, apply.compiled.v6
+            apply.at,
+            apply.duration_ms,
+            apply.compiled.v4,
+            apply.compiled.v6
         );
     }
     match status.program_id {
-        Some(id) => println!("program:         id {id} ({})", status.bpffs.display()),
-        None => println!(
+        Some(id) => crate::outln!("program:         id {id} ({})", status.bpffs.display()),
+        None => crate::outln!(
             "program:         none pinned under {}",
             status.bpffs.display()
         ),
     }
     for (name, link) in &status.links {
-        println!(
+        crate::outln!(
             "  {name}: link {} runs program {}",
-            link.link_id, link.program_id
+            link.link_id,
+            link.program_id
         );
     }
     if !status.missing_interfaces.is_empty() {
-        println!(
+        crate::outln!(
             "not attached:    {} (retried every few seconds)",
             status.missing_interfaces.join(", ")
         );

@@ -200,27 +200,49 @@ pub enum RangeError {
 /// [`Entry::Name`] for a later resolver; everything else must be a canonical
 /// address or CIDR. Duplicates are kept.
 pub fn tokenize(text: &str) -> Result<Vec<Token<'_>>, RangeError> {
-    let has_comma = text.contains(',');
-    let mut tokens = Vec::new();
-    let mut position = 0;
-    for segment in text.split(',') {
-        let mut words = segment.split_whitespace().peekable();
-        if words.peek().is_none() {
-            position += 1;
-            if has_comma {
-                return Err(RangeError::EmptyEntry { position });
-            }
-        }
-        for word in words {
-            position += 1;
-            tokens.push(Token {
+    let words = list_words(text).map_err(|e| RangeError::EmptyEntry {
+        position: e.position,
+    })?;
+    words
+        .into_iter()
+        .map(|(position, word)| {
+            Ok(Token {
                 position,
                 text: word,
                 entry: read_entry(word, position)?,
-            });
+            })
+        })
+        .collect()
+}
+
+/// An empty entry between commas in a list, at 1-based `position`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmptyEntry {
+    /// 1-based position of the empty entry.
+    pub position: usize,
+}
+
+/// The list syntax every apifence list shares (ranges, ports): entries separated by commas
+/// and/or whitespace, each with its 1-based position; an empty entry between commas (`a,,b`,
+/// a leading or trailing comma) is an error. Text that is only whitespace has no entries.
+pub fn list_words(text: &str) -> Result<Vec<(usize, &str)>, EmptyEntry> {
+    let has_comma = text.contains(',');
+    let mut words = Vec::new();
+    let mut position = 0;
+    for segment in text.split(',') {
+        let mut segment_words = segment.split_whitespace().peekable();
+        if segment_words.peek().is_none() {
+            position += 1;
+            if has_comma {
+                return Err(EmptyEntry { position });
+            }
+        }
+        for word in segment_words {
+            position += 1;
+            words.push((position, word));
         }
     }
-    Ok(tokens)
+    Ok(words)
 }
 
 /// Parses an authorized-range list (the value of `--api-server-authorized-ip-ranges`).

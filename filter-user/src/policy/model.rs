@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::language::list_words;
+
 /// Default protected TCP destination ports: HTTPS and the Kubernetes API server.
 pub const DEFAULT_PORTS: [u16; 2] = [443, 6443];
 
@@ -152,18 +154,22 @@ pub enum PortsError {
     /// The list had no ports.
     #[error("no ports given; protect at least one TCP port, for example --ports 443,6443")]
     Empty,
+    /// Two commas in a row (or one at an end).
+    #[error(
+        "entry {0} of the port list is empty; remove the extra comma, for example --ports 443,6443"
+    )]
+    EmptyEntry(usize),
     /// An entry was not a number from 1 to 65535.
     #[error("port {0:?} is not a TCP port number from 1 to 65535; for example --ports 443,6443")]
     Invalid(String),
 }
 
-/// Parses a comma and/or whitespace separated port list into ascending unique ports.
+/// Parses a port list (the range language's list syntax: commas and/or whitespace) into
+/// ascending unique ports.
 pub fn parse_ports(text: &str) -> Result<Vec<u16>, PortsError> {
-    let mut ports = Vec::new();
-    for word in text.split(|c: char| c == ',' || c.is_whitespace()) {
-        if word.is_empty() {
-            continue;
-        }
+    let words = list_words(text).map_err(|e| PortsError::EmptyEntry(e.position))?;
+    let mut ports = Vec::with_capacity(words.len());
+    for (_, word) in words {
         match word.parse::<u16>() {
             Ok(port) if port != 0 => ports.push(port),
             _ => return Err(PortsError::Invalid(word.to_string())),
@@ -195,6 +201,8 @@ mod tests {
             parse_ports("443,https"),
             Err(PortsError::Invalid("https".into()))
         );
+        assert_eq!(parse_ports("443,,6443"), Err(PortsError::EmptyEntry(2)));
+        assert_eq!(parse_ports(",443"), Err(PortsError::EmptyEntry(1)));
         assert_eq!(
             parse_ports("70000"),
             Err(PortsError::Invalid("70000".into()))
