@@ -1,21 +1,10 @@
 //! "Did you mean …?": the known names closest to a mistyped one, for error messages (config
 //! keys, service tag names).
 
-/// Edit distance (insertions, deletions, substitutions) between `a` and `b`, ignoring ASCII case.
+/// Edit distance (insertions, deletions, substitutions) between `a` and `b`, ignoring ASCII case
+/// (Levenshtein, from `strsim`).
 pub fn distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().map(|c| c.to_ascii_lowercase()).collect();
-    let b: Vec<char> = b.chars().map(|c| c.to_ascii_lowercase()).collect();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    let mut current = vec![0; b.len() + 1];
-    for (i, ca) in a.iter().enumerate() {
-        current[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous[j] + usize::from(ca != cb);
-            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
-        }
-        std::mem::swap(&mut previous, &mut current);
-    }
-    previous[b.len()]
+    strsim::levenshtein(&a.to_ascii_lowercase(), &b.to_ascii_lowercase())
 }
 
 /// Up to `limit` candidates close to `word` (at most a third of its length apart, at least 2, or
