@@ -243,9 +243,10 @@ fn deny_log_metrics_and_lockout_guard() {
         Some(0.0),
         "{body}"
     );
+    assert!(body.contains("# TYPE apifence_packets counter"), "{body}");
     assert!(
-        body.contains("# TYPE apifence_packets_total counter"),
-        "{body}"
+        body.ends_with("# EOF\n"),
+        "OpenMetrics ends with # EOF: {body}"
     );
     assert_eq!(http_get(&lab, "/").0, "HTTP/1.1 404 Not Found");
 

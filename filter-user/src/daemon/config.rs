@@ -18,6 +18,7 @@
 //! state_dir = "/var/lib/apifence"
 //! socket = "/run/apifence/apifence.sock"
 //! metrics = "127.0.0.1:9640"        # "" turns the endpoint off
+//! metrics_ranges = 10               # per-range hit series (top by hits, rest as "other")
 //! ```
 
 use std::{
@@ -40,6 +41,10 @@ use crate::{
     policy::{DEFAULT_PORTS, Mode},
 };
 
+/// Default number of per-range hit series (`metrics_ranges`).
+pub const DEFAULT_METRICS_RANGES: usize = 10;
+/// Most per-range hit series (`metrics_ranges`) a scrape may carry.
+pub const MAX_METRICS_RANGES: usize = 1000;
 /// Default metrics endpoint (`metrics`): Prometheus text on localhost.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9640";
 /// Largest `capacity` accepted (prefixes per family).
@@ -50,7 +55,7 @@ pub const MAX_SOCKET_PATH: usize = 107;
 const MAX_INTERFACE_NAME: usize = 15;
 
 /// Every key of the file, each with an example line used in error messages.
-pub const KEYS: [(&str, &str); 13] = [
+pub const KEYS: [(&str, &str); 14] = [
     ("interfaces", r#"interfaces = ["eth0"]"#),
     ("ports", "ports = [443, 6443]"),
     ("xdp_mode", r#"xdp_mode = "auto""#),
@@ -70,6 +75,7 @@ pub const KEYS: [(&str, &str); 13] = [
     ("state_dir", r#"state_dir = "/var/lib/apifence""#),
     ("socket", r#"socket = "/run/apifence/apifence.sock""#),
     ("metrics", r#"metrics = "127.0.0.1:9640""#),
+    ("metrics_ranges", "metrics_ranges = 10"),
 ];
 
 /// Keys of an entry table in `authorized_ranges`.
@@ -116,6 +122,8 @@ pub struct RawConfig {
     pub socket: Option<Value>,
     /// `metrics`.
     pub metrics: Option<Value>,
+    /// `metrics_ranges`.
+    pub metrics_ranges: Option<Value>,
 }
 
 /// Who owns the authorized list.
@@ -170,6 +178,9 @@ pub struct Config {
     pub socket: PathBuf,
     /// Prometheus endpoint; `None` (`metrics = ""`) turns it off. Default: `127.0.0.1:9640`.
     pub metrics: Option<SocketAddr>,
+    /// Per-range hit series on the endpoint: the ranges with the most hits, the rest summed
+    /// as `range="other"`; 0 shows none. Default: [`DEFAULT_METRICS_RANGES`].
+    pub metrics_ranges: usize,
 }
 
 impl Default for Config {
@@ -188,6 +199,7 @@ impl Default for Config {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             socket: PathBuf::from(DEFAULT_SOCKET),
             metrics: DEFAULT_METRICS.parse().ok(),
+            metrics_ranges: DEFAULT_METRICS_RANGES,
         }
     }
 }
@@ -339,6 +351,13 @@ pub enum ConfigError {
         /// What is wrong.
         problem: String,
     },
+    /// `metrics_ranges` out of range.
+    #[error(
+        "metrics_ranges = {0} is out of range: it is how many ranges get their own hit series \
+         (the rest are summed as range=\"other\"), from 0 to {MAX_METRICS_RANGES}; for example: \
+         metrics_ranges = 10"
+    )]
+    BadMetricsRanges(i64),
     /// `capacity` out of range.
     #[error(
         "capacity = {0} is out of range: it is the number of prefixes per address family the \
@@ -513,6 +532,20 @@ pub fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
                     &other,
                     "a whole number",
                     "capacity",
+                ));
+            }
+        };
+    }
+    if let Some(value) = raw.metrics_ranges {
+        config.metrics_ranges = match value {
+            Value::Integer(n) if (0..=MAX_METRICS_RANGES as i64).contains(&n) => n as usize,
+            Value::Integer(n) => return Err(ConfigError::BadMetricsRanges(n)),
+            other => {
+                return Err(wrong_type(
+                    "metrics_ranges".into(),
+                    &other,
+                    "a whole number",
+                    "metrics_ranges",
                 ));
             }
         };
@@ -940,6 +973,7 @@ bpffs = "/sys/fs/bpf/apifence"
 state_dir = "/var/lib/apifence"
 socket = "/run/apifence/apifence.sock"
 metrics = "127.0.0.1:9640"        # "" turns the endpoint off
+metrics_ranges = 10               # per-range hit series (top by hits, rest as "other")
 "#;
 
     #[test]
@@ -1028,11 +1062,11 @@ metrics = "127.0.0.1:9640"        # "" turns the endpoint off
             ),
             (
                 "intefaces = [\"eth0\"]",
-                "unknown key \"intefaces\"; did you mean \"interfaces\"?; the keys are interfaces, ports, xdp_mode, mode, ranges_from, authorized_ranges, always_allow, service_tags_file, capacity, bpffs, state_dir, socket, metrics",
+                "unknown key \"intefaces\"; did you mean \"interfaces\"?; the keys are interfaces, ports, xdp_mode, mode, ranges_from, authorized_ranges, always_allow, service_tags_file, capacity, bpffs, state_dir, socket, metrics, metrics_ranges",
             ),
             (
                 "color = 1",
-                "unknown key \"color\"; the keys are interfaces, ports, xdp_mode, mode, ranges_from, authorized_ranges, always_allow, service_tags_file, capacity, bpffs, state_dir, socket, metrics",
+                "unknown key \"color\"; the keys are interfaces, ports, xdp_mode, mode, ranges_from, authorized_ranges, always_allow, service_tags_file, capacity, bpffs, state_dir, socket, metrics, metrics_ranges",
             ),
             (
                 "interfaces = \"eth0\"",

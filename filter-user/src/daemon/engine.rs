@@ -746,11 +746,13 @@ impl Engine {
         keep("state_dir", new.state_dir != old.state_dir);
         keep("socket", new.socket != old.socket);
         keep("metrics", new.metrics != old.metrics);
+        keep("metrics_ranges", new.metrics_ranges != old.metrics_ranges);
         keep("capacity", new.capacity != old.capacity);
         new.bpffs.clone_from(&old.bpffs);
         new.state_dir.clone_from(&old.state_dir);
         new.socket.clone_from(&old.socket);
         new.metrics = old.metrics;
+        new.metrics_ranges = old.metrics_ranges;
         new.capacity = old.capacity;
         warnings
     }

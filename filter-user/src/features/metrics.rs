@@ -1,4 +1,4 @@
-//! Prometheus metrics: [`render`] writes the text exposition format (version 0.0.4) from the
+//! Prometheus metrics: [`render`] writes the OpenMetrics text format (with `prometheus-client`) from the
 //! filter's counters ([`Stats`]) and the daemon's own gauges ([`DaemonGauges`]); [`serve`] is a
 //! minimal HTTP endpoint answering `GET /metrics` (localhost by default, config `metrics`).
 //!
@@ -6,7 +6,8 @@
 //! - `apifence_packets_total{verdict=…}`: packets by verdict (`passed_authorized`,
 //!   `passed_unprotected`, `passed_disabled`, `dropped`, `would_drop`);
 //! - `apifence_malformed_packets_total`;
-//! - `apifence_range_hits_total{range=…}`: packets authorized per compiled prefix;
+//! - `apifence_range_hits_total{range=…}`: packets authorized per compiled prefix, for the
+//!   `metrics_ranges` prefixes with the most hits, the rest summed as `range="other"`;
 //! - `apifence_entries{family=…}`: authorized prefixes enforced after merging, per family;
 //! - `apifence_deny_events_suppressed_total`: deny-log events the kernel did not report;
 //! - `apifence_deny_log_evicted_total`, `apifence_deny_log_sources`;
@@ -14,11 +15,10 @@
 //! - `apifence_config_reload_failures_total`, `apifence_expired_entries_removed_total`.
 
 use std::{
-    fmt::Write as _,
     future::Future,
     io,
     net::SocketAddr,
-    sync::Arc,
+    sync::{Arc, atomic::AtomicU64},
     time::{Duration, SystemTime},
 };
 
@@ -28,10 +28,19 @@ use tokio::{
     sync::Semaphore,
 };
 
-use crate::{kernel::operations::Stats, policy::compile::FamilyCounts};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
 
-/// Content type of the text exposition format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+use crate::{
+    kernel::operations::{RangeHits, Stats},
+    policy::compile::FamilyCounts,
+};
+
+/// Content type of the OpenMetrics text format that [`render`] writes.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The daemon's own numbers, next to the kernel's counters.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -52,149 +61,155 @@ pub struct DaemonGauges {
     pub deny_log_sources: u64,
 }
 
-/// Writes the `# HELP` and `# TYPE` lines of metric `name`.
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
+/// Label set of one series: `(name, value)` pairs.
+type Labels = Vec<(&'static str, String)>;
 
-/// Writes one sample line: `name{key="value",...} value`.
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-    out.push_str(name);
-    if !labels.is_empty() {
-        out.push('{');
-        for (i, (key, val)) in labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(out, "{key}=\"{}\"", escape_label(val));
-        }
-        out.push('}');
+/// Registers a counter family `name` (the encoder appends `_total`) with `samples`.
+fn counters(registry: &mut Registry, name: &str, help: &str, samples: &[(Labels, u64)]) {
+    let family = Family::<Labels, Counter>::default();
+    for (labels, value) in samples {
+        family.get_or_create(labels).inc_by(*value);
     }
-    let _ = writeln!(out, " {value}");
+    registry.register(name, help, family);
 }
 
-/// Escapes a label value: backslash, double quote and newline.
-fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', r"\\")
-        .replace('"', "\\\"")
-        .replace('\n', r"\n")
+/// Registers a gauge family `name` with `samples`.
+fn gauges(registry: &mut Registry, name: &str, help: &str, samples: &[(Labels, f64)]) {
+    let family = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    for (labels, value) in samples {
+        family.get_or_create(labels).set(*value);
+    }
+    registry.register(name, help, family);
 }
 
-/// Seconds as Prometheus writes floats.
-fn seconds(d: Duration) -> String {
-    format!("{}", d.as_secs_f64())
+/// The per-range hit series: the `limit` ranges with the most hits (ties in list order), and
+/// the rest summed as `range="other"` (only when something was left out).
+fn range_series(ranges: &[RangeHits], limit: usize) -> Vec<(Labels, u64)> {
+    if limit == 0 {
+        return Vec::new();
+    }
+    let mut by_hits: Vec<&RangeHits> = ranges.iter().collect();
+    by_hits.sort_by_key(|r| std::cmp::Reverse(r.hits));
+    let (shown, rest) = by_hits.split_at(limit.min(by_hits.len()));
+    let mut series: Vec<(Labels, u64)> = shown
+        .iter()
+        .map(|r| (vec![("range", r.range.clone())], r.hits))
+        .collect();
+    if !rest.is_empty() {
+        let other = rest.iter().map(|r| r.hits).sum();
+        series.push((vec![("range", "other".to_owned())], other));
+    }
+    series
 }
 
-/// The exposition text. `stats` is `None` when the filter's counters could not be read (the
-/// packet metrics are then left out rather than reported as zero).
-pub fn render(stats: Option<&Stats>, gauges: &DaemonGauges) -> String {
-    let mut out = String::new();
+/// The exposition text (OpenMetrics). `stats` is `None` when the filter's counters could not be
+/// read (the packet metrics are then left out rather than reported as zero); at most
+/// `range_limit` ranges get their own hit series (see [`range_series`]).
+pub fn render(stats: Option<&Stats>, daemon: &DaemonGauges, range_limit: usize) -> String {
+    let mut registry = Registry::default();
     if let Some(stats) = stats {
-        let name = "apifence_packets_total";
-        header(
-            &mut out,
-            name,
-            "counter",
-            "Packets seen by the XDP filter, by verdict.",
-        );
-        for (verdict, value) in [
+        let verdicts: Vec<(Labels, u64)> = [
             ("passed_authorized", stats.passed_authorized),
             ("passed_unprotected", stats.passed_unprotected),
             ("passed_disabled", stats.passed_disabled),
             ("dropped", stats.dropped),
             ("would_drop", stats.would_drop),
-        ] {
-            sample(&mut out, name, &[("verdict", verdict)], value);
+        ]
+        .into_iter()
+        .map(|(verdict, value)| (vec![("verdict", verdict.to_owned())], value))
+        .collect();
+        counters(
+            &mut registry,
+            "apifence_packets",
+            "Packets seen by the XDP filter, by verdict",
+            &verdicts,
+        );
+        counters(
+            &mut registry,
+            "apifence_malformed_packets",
+            "Packets with a malformed IP header (also counted under their verdict)",
+            &[(Vec::new(), stats.malformed)],
+        );
+        let ranges = range_series(&stats.ranges, range_limit);
+        if !ranges.is_empty() {
+            counters(
+                &mut registry,
+                "apifence_range_hits",
+                "Protected packets authorized per compiled prefix (the ranges with the most hits; the rest summed as other)",
+                &ranges,
+            );
         }
-        let name = "apifence_malformed_packets_total";
-        header(
-            &mut out,
-            name,
-            "counter",
-            "Packets with a malformed IP header (also counted under their verdict).",
+        counters(
+            &mut registry,
+            "apifence_deny_events_suppressed",
+            "Deny-log events not reported by the kernel (rate limit or full ring buffer)",
+            &[(Vec::new(), stats.deny_events_suppressed)],
         );
-        sample(&mut out, name, &[], stats.malformed);
-        let name = "apifence_range_hits_total";
-        header(
-            &mut out,
-            name,
-            "counter",
-            "Protected packets authorized by each compiled prefix (authorized ranges and always-allow).",
-        );
-        for range in &stats.ranges {
-            sample(&mut out, name, &[("range", &range.range)], range.hits);
-        }
-        let name = "apifence_deny_events_suppressed_total";
-        header(
-            &mut out,
-            name,
-            "counter",
-            "Deny-log events not reported by the kernel (rate limit or full ring buffer).",
-        );
-        sample(&mut out, name, &[], stats.deny_events_suppressed);
     }
-    let name = "apifence_entries";
-    header(
-        &mut out,
-        name,
-        "gauge",
-        "Authorized prefixes enforced after merging, per address family.",
+    gauges(
+        &mut registry,
+        "apifence_entries",
+        "Authorized prefixes enforced after merging, per address family",
+        &[
+            (
+                vec![("family", "ipv4".to_owned())],
+                daemon.entries.v4 as f64,
+            ),
+            (
+                vec![("family", "ipv6".to_owned())],
+                daemon.entries.v6 as f64,
+            ),
+        ],
     );
-    sample(&mut out, name, &[("family", "ipv4")], gauges.entries.v4);
-    sample(&mut out, name, &[("family", "ipv6")], gauges.entries.v6);
-    if let Some(at) = gauges.last_apply {
+    if let Some(at) = daemon.last_apply {
         let since_epoch = at
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
-        let name = "apifence_last_apply_timestamp_seconds";
-        header(
-            &mut out,
-            name,
-            "gauge",
-            "Unix time of the last policy apply.",
+        gauges(
+            &mut registry,
+            "apifence_last_apply_timestamp_seconds",
+            "Unix time of the last policy apply",
+            &[(Vec::new(), since_epoch.as_secs_f64())],
         );
-        sample(&mut out, name, &[], seconds(since_epoch));
     }
-    if let Some(took) = gauges.last_apply_duration {
-        let name = "apifence_last_apply_duration_seconds";
-        header(
-            &mut out,
-            name,
-            "gauge",
-            "Wall time of the last policy apply.",
+    if let Some(took) = daemon.last_apply_duration {
+        gauges(
+            &mut registry,
+            "apifence_last_apply_duration_seconds",
+            "Wall time of the last policy apply",
+            &[(Vec::new(), took.as_secs_f64())],
         );
-        sample(&mut out, name, &[], seconds(took));
     }
-    for (metric, help, value) in [
+    for (name, help, value) in [
         (
-            "apifence_config_reload_failures_total",
-            "Config reloads rejected (the last good config stayed enforced).",
-            gauges.config_reload_failures,
+            "apifence_config_reload_failures",
+            "Config reloads rejected (the last good config stayed enforced)",
+            daemon.config_reload_failures,
         ),
         (
-            "apifence_expired_entries_removed_total",
-            "Authorized entries removed because they expired.",
-            gauges.expired_entries_removed,
+            "apifence_expired_entries_removed",
+            "Authorized entries removed because they expired",
+            daemon.expired_entries_removed,
         ),
         (
-            "apifence_deny_log_evicted_total",
-            "Deny-log sources forgotten to keep the log bounded.",
-            gauges.deny_log_evicted,
+            "apifence_deny_log_evicted",
+            "Deny-log sources forgotten to keep the log bounded",
+            daemon.deny_log_evicted,
         ),
     ] {
-        header(&mut out, metric, "counter", help);
-        sample(&mut out, metric, &[], value);
+        counters(&mut registry, name, help, &[(Vec::new(), value)]);
     }
-    let name = "apifence_deny_log_sources";
-    header(
-        &mut out,
-        name,
-        "gauge",
-        "Distinct (source, port, interface) keys in the deny log.",
+    gauges(
+        &mut registry,
+        "apifence_deny_log_sources",
+        "Distinct (source, port, interface) keys in the deny log",
+        &[(Vec::new(), daemon.deny_log_sources as f64)],
     );
-    sample(&mut out, name, &[], gauges.deny_log_sources);
+    let mut out = String::new();
+    // Writing into a String can't fail; an encoder error would be a bug in a label value.
+    if let Err(e) = encode(&mut out, &registry) {
+        tracing::error!(error = %e, "encoding the metrics failed");
+    }
     out
 }
 
@@ -448,55 +463,38 @@ mod tests {
     }
 
     #[test]
-    fn renders_the_exposition_format() {
-        let text = render(Some(&stats()), &gauges());
-        let expected = "\
-# HELP apifence_packets_total Packets seen by the XDP filter, by verdict.
-# TYPE apifence_packets_total counter
-apifence_packets_total{verdict=\"passed_authorized\"} 42
-apifence_packets_total{verdict=\"passed_unprotected\"} 17
-apifence_packets_total{verdict=\"passed_disabled\"} 1
-apifence_packets_total{verdict=\"dropped\"} 7
-apifence_packets_total{verdict=\"would_drop\"} 0
-# HELP apifence_malformed_packets_total Packets with a malformed IP header (also counted under their verdict).
-# TYPE apifence_malformed_packets_total counter
-apifence_malformed_packets_total 2
-# HELP apifence_range_hits_total Protected packets authorized by each compiled prefix (authorized ranges and always-allow).
-# TYPE apifence_range_hits_total counter
-apifence_range_hits_total{range=\"198.51.100.0/24\"} 40
-apifence_range_hits_total{range=\"2001:db8::/32\"} 2
-# HELP apifence_deny_events_suppressed_total Deny-log events not reported by the kernel (rate limit or full ring buffer).
-# TYPE apifence_deny_events_suppressed_total counter
-apifence_deny_events_suppressed_total 3
-# HELP apifence_entries Authorized prefixes enforced after merging, per address family.
-# TYPE apifence_entries gauge
-apifence_entries{family=\"ipv4\"} 1
-apifence_entries{family=\"ipv6\"} 1
-# HELP apifence_last_apply_timestamp_seconds Unix time of the last policy apply.
-# TYPE apifence_last_apply_timestamp_seconds gauge
-apifence_last_apply_timestamp_seconds 1764331200.25
-# HELP apifence_last_apply_duration_seconds Wall time of the last policy apply.
-# TYPE apifence_last_apply_duration_seconds gauge
-apifence_last_apply_duration_seconds 0.0015
-# HELP apifence_config_reload_failures_total Config reloads rejected (the last good config stayed enforced).
-# TYPE apifence_config_reload_failures_total counter
-apifence_config_reload_failures_total 4
-# HELP apifence_expired_entries_removed_total Authorized entries removed because they expired.
-# TYPE apifence_expired_entries_removed_total counter
-apifence_expired_entries_removed_total 5
-# HELP apifence_deny_log_evicted_total Deny-log sources forgotten to keep the log bounded.
-# TYPE apifence_deny_log_evicted_total counter
-apifence_deny_log_evicted_total 6
-# HELP apifence_deny_log_sources Distinct (source, port, interface) keys in the deny log.
-# TYPE apifence_deny_log_sources gauge
-apifence_deny_log_sources 9
-";
-        assert_eq!(text, expected);
+    fn renders_openmetrics_with_every_metric() {
+        let text = render(Some(&stats()), &gauges(), 10);
+        for line in [
+            "# TYPE apifence_packets counter",
+            "apifence_packets_total{verdict=\"passed_authorized\"} 42",
+            "apifence_packets_total{verdict=\"dropped\"} 7",
+            "apifence_packets_total{verdict=\"would_drop\"} 0",
+            "apifence_malformed_packets_total 2",
+            "apifence_range_hits_total{range=\"198.51.100.0/24\"} 40",
+            "apifence_range_hits_total{range=\"2001:db8::/32\"} 2",
+            "apifence_deny_events_suppressed_total 3",
+            "# TYPE apifence_entries gauge",
+            "apifence_entries{family=\"ipv4\"} 1.0",
+            "apifence_last_apply_timestamp_seconds 1764331200.25",
+            "apifence_last_apply_duration_seconds 0.0015",
+            "apifence_config_reload_failures_total 4",
+            "apifence_expired_entries_removed_total 5",
+            "apifence_deny_log_evicted_total 6",
+            "apifence_deny_log_sources 9.0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(!text.contains("range=\"other\""), "{text}");
     }
 
     #[test]
     fn every_sample_line_is_well_formed() {
-        let text = render(Some(&stats()), &gauges());
+        let text = render(Some(&stats()), &gauges(), 10);
         let mut declared = std::collections::HashSet::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -505,7 +503,7 @@ apifence_deny_log_sources 9
                 assert!(declared.insert(name.to_owned()), "declared twice: {name}");
                 continue;
             }
-            if line.starts_with("# HELP ") {
+            if line.starts_with("# HELP ") || line == "# EOF" {
                 continue;
             }
             let (series, value) = line.rsplit_once(' ').unwrap();
@@ -513,24 +511,60 @@ apifence_deny_log_sources 9
                 .parse::<f64>()
                 .unwrap_or_else(|_| panic!("value of {line}"));
             let name = series.split('{').next().unwrap();
-            assert!(declared.contains(name), "{name} has no # TYPE before it");
+            let family = name.strip_suffix("_total").unwrap_or(name);
+            assert!(declared.contains(family), "{name} has no # TYPE before it");
             assert!(
                 name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
                 "{name}"
             );
-            if name.ends_with("_total") {
-                assert!(text.contains(&format!("# TYPE {name} counter")), "{name}");
-            }
         }
     }
 
     #[test]
-    fn without_stats_only_daemon_metrics_and_labels_are_escaped() {
-        let text = render(None, &DaemonGauges::default());
+    fn per_range_series_are_bounded_with_the_rest_as_other() {
+        let mut many = stats();
+        many.ranges = (0..65_536u32)
+            .map(|i| RangeHits {
+                range: format!("10.{}.{}.0/24", i >> 8, i & 255),
+                hits: u64::from(i % 1000),
+                always_allow: false,
+            })
+            .collect();
+        let total: u64 = many.ranges.iter().map(|r| r.hits).sum();
+        let text = render(Some(&many), &gauges(), 10);
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("apifence_range_hits_total{"))
+            .collect();
+        assert_eq!(series.len(), 11, "{series:?}");
+        let value = |line: &str| line.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap();
+        let shown: Vec<u64> = series
+            .iter()
+            .filter(|l| !l.contains("range=\"other\""))
+            .map(|l| value(l))
+            .collect();
+        assert_eq!(shown, vec![999; 10], "the ten ranges with the most hits");
+        let summed: u64 = series.iter().map(|l| value(l)).sum();
+        assert_eq!(summed, total);
+        assert!(
+            series
+                .iter()
+                .any(|l| l.starts_with("apifence_range_hits_total{range=\"other\"}")),
+            "{series:?}"
+        );
+        let off = render(Some(&many), &gauges(), 0);
+        assert!(!off.contains("apifence_range_hits"), "{off}");
+    }
+
+    #[test]
+    fn without_stats_only_daemon_metrics() {
+        let text = render(None, &DaemonGauges::default(), 10);
         assert!(!text.contains("apifence_packets_total"));
-        assert!(text.contains("apifence_entries{family=\"ipv4\"} 0\n"));
+        assert!(
+            text.contains("apifence_entries{family=\"ipv4\"} 0.0\n"),
+            "{text}"
+        );
         assert!(!text.contains("apifence_last_apply_timestamp_seconds"));
-        assert_eq!(escape_label("a\"b\\c\nd"), r#"a\"b\\c\nd"#);
     }
 
     #[test]
@@ -580,7 +614,7 @@ apifence_deny_log_sources 9
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let renderer: Renderer = Arc::new(|| render(Some(&stats()), &gauges()));
+        let renderer: Renderer = Arc::new(|| render(Some(&stats()), &gauges(), 10));
         let options = ServerOptions {
             read_timeout: Duration::from_millis(300),
             max_request_bytes: 512,

@@ -261,6 +261,7 @@ impl Features for StandardFeatures {
                 Ok(listener) => {
                     info!(%addr, "metrics endpoint: http://{addr}/metrics");
                     let renderer = renderer(
+                        context.config.metrics_ranges,
                         context.layout.clone(),
                         Arc::clone(&context.telemetry),
                         Arc::clone(&self.shared),
@@ -284,8 +285,14 @@ impl Features for StandardFeatures {
     }
 }
 
-/// The metrics text of one scrape: the filter's counters and the daemon's gauges.
-fn renderer(layout: PinLayout, telemetry: Arc<Telemetry>, shared: Arc<Shared>) -> Renderer {
+/// The metrics text of one scrape: the filter's counters and the daemon's gauges, with at most
+/// `range_series` per-range hit series.
+fn renderer(
+    range_series: usize,
+    layout: PinLayout,
+    telemetry: Arc<Telemetry>,
+    shared: Arc<Shared>,
+) -> Renderer {
     Arc::new(move || {
         let stats = Filter::open(&layout).and_then(|f| f.stats()).ok();
         let apply = telemetry.last_apply();
@@ -308,7 +315,7 @@ fn renderer(layout: PinLayout, telemetry: Arc<Telemetry>, shared: Arc<Shared>) -
             deny_log_evicted: evicted,
             deny_log_sources: sources,
         };
-        metrics::render(stats.as_ref(), &gauges)
+        metrics::render(stats.as_ref(), &gauges, range_series)
     })
 }
 
