@@ -31,7 +31,7 @@ pub use bpffs::Bpffs;
 pub use frame::{ExtHeader, Frame};
 pub use link::{Endpoint, VethPair};
 pub use netns::{Netns, delete_netns};
-pub use privileges::{REQUIRE_ENV, apifence_bin, require_privileges};
+pub use privileges::{REQUIRE_ENV, apifence_bin, require_file, require_privileges};
 pub use stream::{StreamOptions, StreamReport, stream_chunks};
 pub use tcp::{ConnectError, TcpServer, connect, connect_stream};
 pub use topology::ApiAndClient;

@@ -31,6 +31,29 @@ pub fn require_privileges(test: &str) -> bool {
     false
 }
 
+/// Returns `true` when the data file `path` that the test named `test` reads exists.
+///
+/// Otherwise prints `SKIPPED: <test>: <path> is absent` and returns `false`, unless
+/// [`REQUIRE_ENV`] is set (as `cargo xtask test` and CI do): then it panics, so a run that
+/// claims to be complete can't pass by skipping.
+pub fn require_file(test: &str, path: &std::path::Path) -> bool {
+    if path.is_file() {
+        return true;
+    }
+    if required() {
+        panic!(
+            "{test}: {} is absent, and {REQUIRE_ENV} forbids skipping it",
+            path.display()
+        );
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {test}: {} is absent",
+        path.display()
+    );
+    false
+}
+
 /// Whether [`REQUIRE_ENV`] asks for privileged tests to fail instead of skipping.
 fn required() -> bool {
     std::env::var(REQUIRE_ENV).is_ok_and(|v| !v.is_empty() && v != "0")

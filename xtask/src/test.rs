@@ -84,6 +84,13 @@ pub fn run() -> Result<()> {
             step("tests", result);
         }
     }
+    if totals.ignored > 0 {
+        eprintln!(
+            "xtask test: {} test(s) are #[ignore]d; an ignored test proves nothing, so the run fails",
+            totals.ignored
+        );
+        failed_steps.push("ignored tests".to_owned());
+    }
     if !failed_steps.is_empty() {
         eprintln!("xtask test: failed steps: {}", failed_steps.join(", "));
     }
@@ -121,6 +128,7 @@ fn clippy_ebpf() -> Result<()> {
 struct Totals {
     passed: u64,
     failed: u64,
+    ignored: u64,
 }
 
 impl Totals {
@@ -140,6 +148,7 @@ impl Totals {
             match label {
                 "passed" => self.passed += count,
                 "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
                 _ => {}
             }
         }
@@ -154,14 +163,15 @@ mod tests {
     fn sums_result_lines() {
         let mut t = Totals::default();
         t.add("test result: ok. 17 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.21s");
-        t.add("test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
+        t.add("test result: FAILED. 1 passed; 2 failed; 3 ignored; 0 measured; 0 filtered out");
         t.add("test foo ... ok");
         t.add("running 3 tests");
         assert_eq!(
             t,
             Totals {
                 passed: 18,
-                failed: 2
+                failed: 2,
+                ignored: 3
             }
         );
     }
