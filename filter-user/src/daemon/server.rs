@@ -20,9 +20,11 @@ use crate::daemon::{
     DaemonError,
     engine::Command,
     protocol::{self, ErrorKind, ErrorReply, MAX_LINE, Request, Response},
+    secure_dir,
 };
 
-/// Binds the socket at `path`: creates its directory (0700) when missing, refuses when a
+/// Binds the socket at `path`: creates its directory (0700) when missing (refusing one that
+/// others own or can write, see [`secure_dir`]), refuses when a
 /// daemon already answers there, removes a stale socket file, and creates the socket with
 /// mode 0600.
 pub fn bind(path: &Path) -> Result<StdListener, DaemonError> {
@@ -34,15 +36,8 @@ pub fn bind(path: &Path) -> Result<StdListener, DaemonError> {
             source,
         }
     };
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(socket_error("creating the directory of"))?;
+    if let Some(dir) = path.parent() {
+        secure_dir::ensure("socket directory", dir)?;
     }
     if std::fs::symlink_metadata(path).is_ok() {
         match protocol::call(path, &Request::Status, Duration::from_secs(5)) {
