@@ -7,7 +7,9 @@ fn main() -> std::process::ExitCode {
     match apifence::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // Control characters from echoed input never reach the terminal as they are.
+            let message = apifence::policy::echo::escape_keeping_lines(&format!("{error:#}"));
+            eprintln!("error: {message}");
             std::process::ExitCode::FAILURE
         }
     }

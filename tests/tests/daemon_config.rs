@@ -206,3 +206,46 @@ fn a_state_dir_others_can_write_is_refused_with_the_fix() {
     assert_eq!(std::fs::read_dir(&state).expect("list").count(), 0);
     std::fs::remove_dir_all(&base).expect("clean up");
 }
+
+#[test]
+fn hostile_names_are_refused_escaped_and_never_panic() {
+    // A NUL in an interface name used to pass check-config and make the daemon panic in aya.
+    let path = temp_file(
+        "nul-interface.toml",
+        "interfaces = [\"eth\\u0000x\"]\nbpffs = \"/nonexistent/apifence-nul\"",
+    );
+    let path = path.to_str().expect("utf-8");
+    for args in [vec!["check-config", path], vec!["daemon", "--config", path]] {
+        let out = apifence(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("interfaces entry 1 \"eth\\u{0}x\" contains \\u{0}, which is not a printable ASCII character"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+
+    // Terminal escape sequences in a list are echoed escaped.
+    let path = temp_file(
+        "escape-range.toml",
+        "authorized_ranges = [\"10.0.0.1\\u001b[2J/8\"]",
+    );
+    let out = apifence(&["check-config", path.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("\"10.0.0.1\\u{1b}[2J/8\""), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "a raw ESC reached the terminal: {stderr:?}"
+    );
+
+    // --netns names a namespace, not a path.
+    let out = apifence(&["--netns", "../../proc/self/ns/net", "status"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "--netns with a path was accepted");
+    assert!(
+        stderr.contains("network namespace name \"../../proc/self/ns/net\" contains '/'"),
+        "{stderr}"
+    );
+}

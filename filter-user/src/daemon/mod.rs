@@ -161,17 +161,19 @@ pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
 
 impl fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut text = self.0.to_string();
         let mut source = self.0.source();
         while let Some(inner) = source {
-            let text = inner.to_string();
+            let inner_text = inner.to_string();
             // `#[error(transparent)]` wrappers repeat their source's message.
-            if !self.0.to_string().ends_with(&text) {
-                write!(f, ": {text}")?;
+            if !self.0.to_string().ends_with(&inner_text) {
+                text.push_str(": ");
+                text.push_str(&inner_text);
             }
             source = inner.source();
         }
-        Ok(())
+        // Control characters from echoed input never reach a log line or the CLI as they are.
+        f.write_str(&crate::policy::echo::escape_keeping_lines(&text))
     }
 }
 
