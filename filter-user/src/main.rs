@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use apifence::{
     cli::{Cli, output},
     errln,
+    policy::echo::escape_keeping_lines,
 };
 use clap::Parser;
 
@@ -20,10 +21,12 @@ fn main() -> ExitCode {
     if output_error.is_some_and(output::OutputError::is_closed_pipe) {
         return ExitCode::SUCCESS;
     }
+    // Control characters from echoed input never reach the terminal as they are.
+    let message = escape_keeping_lines(&format!("{error:#}"));
     if output_error.is_some() && output::applied() {
-        errln!("error: the change was applied, but its report could not be written: {error:#}");
+        errln!("error: the change was applied, but its report could not be written: {message}");
         return ExitCode::from(output::EXIT_APPLIED_UNREPORTED);
     }
-    errln!("error: {error:#}");
+    errln!("error: {message}");
     ExitCode::FAILURE
 }

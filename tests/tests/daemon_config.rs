@@ -129,3 +129,123 @@ fn the_daemon_refuses_an_invalid_config_before_touching_anything() {
         "{stderr}"
     );
 }
+
+/// Whether any mount point in this mount namespace is `path`.
+fn mounted_at(path: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .any(|line| line.split(' ').nth(4) == Some(path))
+}
+
+#[test]
+fn a_bpffs_over_a_directory_apifence_did_not_make_is_refused() {
+    let etc_mounted_before = mounted_at("/etc");
+    let path = temp_file("bpffs-etc.toml", "bpffs = \"/etc\"");
+    let path = path.to_str().expect("utf-8");
+    let out = apifence(&["check-config", path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "check-config accepted bpffs = /etc");
+    assert!(
+        stderr.contains("bpffs directory /etc is not on a bpffs and is not empty"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("choose a path that does not exist yet"),
+        "{stderr}"
+    );
+
+    let out = apifence(&["daemon", "--config", path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the daemon started with bpffs = /etc"
+    );
+    assert!(stderr.contains("bpffs directory /etc"), "{stderr}");
+    assert_eq!(
+        mounted_at("/etc"),
+        etc_mounted_before,
+        "something was mounted on /etc"
+    );
+}
+
+#[test]
+fn a_state_dir_others_can_write_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = std::env::temp_dir().join(format!("apifence-insecure-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let state = base.join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let text = format!(
+        "bpffs = \"{0}/bpffs\"\nstate_dir = \"{0}/state\"\nsocket = \"{0}/run/apifence.sock\"\n",
+        base.display()
+    );
+    let path = temp_file("insecure.toml", &text);
+    let path = path.to_str().expect("utf-8");
+    let fix = format!("chmod go-w {}", state.display());
+    let out = apifence(&["check-config", path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "check-config accepted a 0777 state_dir"
+    );
+    assert!(stderr.contains("writable by group and others"), "{stderr}");
+    assert!(stderr.contains(&fix), "{stderr}");
+
+    let out = apifence(&["daemon", "--config", path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the daemon used a 0777 state_dir");
+    assert!(stderr.contains(&fix), "{stderr}");
+    // Nothing was written or created: no lock file, no socket directory, no bpffs directory.
+    let left: Vec<_> = std::fs::read_dir(&base)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, ["state"], "the daemon created {left:?}");
+    assert_eq!(std::fs::read_dir(&state).expect("list").count(), 0);
+    std::fs::remove_dir_all(&base).expect("clean up");
+}
+
+#[test]
+fn hostile_names_are_refused_escaped_and_never_panic() {
+    // A NUL in an interface name used to pass check-config and make the daemon panic in aya.
+    let path = temp_file(
+        "nul-interface.toml",
+        "interfaces = [\"eth\\u0000x\"]\nbpffs = \"/nonexistent/apifence-nul\"",
+    );
+    let path = path.to_str().expect("utf-8");
+    for args in [vec!["check-config", path], vec!["daemon", "--config", path]] {
+        let out = apifence(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("interfaces entry 1 \"eth\\u{0}x\" contains \\u{0}, which is not a printable ASCII character"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+
+    // Terminal escape sequences in a list are echoed escaped.
+    let path = temp_file(
+        "escape-range.toml",
+        "authorized_ranges = [\"10.0.0.1\\u001b[2J/8\"]",
+    );
+    let out = apifence(&["check-config", path.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("\"10.0.0.1\\u{1b}[2J/8\""), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "a raw ESC reached the terminal: {stderr:?}"
+    );
+
+    // --netns names a namespace, not a path.
+    let out = apifence(&["--netns", "../../proc/self/ns/net", "status"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "--netns with a path was accepted");
+    assert!(
+        stderr.contains("network namespace name \"../../proc/self/ns/net\" contains '/'"),
+        "{stderr}"
+    );
+}

@@ -208,3 +208,58 @@ fn a_config_owned_list_refuses_cli_changes_and_the_cli_works_alone_without_daemo
     );
     lab.assert_dropped(v4(BAD4), API_PORT, "the config owns the list again");
 }
+
+/// Listens on `path` as uid `uid` (only the calling thread changes its effective uid, with the
+/// raw syscall, so the rest of the test process stays root), answers one request with a
+/// plausible status reply, and returns what it was sent.
+fn impostor(path: std::path::PathBuf, uid: u32) -> std::thread::JoinHandle<String> {
+    use std::io::{BufRead, Write};
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    std::thread::spawn(move || {
+        // SAFETY: setresuid on this thread only (the raw syscall, not glibc's process-wide
+        // wrapper); it keeps the real and saved uid root.
+        let rc = unsafe { libc::syscall(libc::SYS_setresuid, -1i64, uid as i64, -1i64) };
+        assert_eq!(rc, 0, "setresuid: {}", std::io::Error::last_os_error());
+        // SO_PEERCRED reports the credentials of `listen`, which std's bind already called:
+        // listen again as the impostor to record them.
+        // SAFETY: a valid listening socket.
+        let rc = unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 8) };
+        assert_eq!(rc, 0);
+        listener.set_nonblocking(false).expect("blocking");
+        let (stream, _) = listener.accept().expect("accept");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(&stream).read_line(&mut line);
+        let _ = (&stream).write_all(b"{\"version\":1,\"ok\":{\"type\":\"reload\",\"changed\":false,\"diff\":{},\"warnings\":[]}}\n");
+        line
+    })
+}
+
+#[test]
+fn the_cli_refuses_a_socket_owned_by_another_user() {
+    if !require_privileges("the_cli_refuses_a_socket_owned_by_another_user") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("apifence-impostor-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let socket = dir.join("apifence.sock");
+    let listener = impostor(socket.clone(), 65534);
+    let mut cli = Command::new(apifence_bin().expect("binary"));
+    cli.arg("--socket").arg(&socket).args(["reload"]);
+    let out = output_with_timeout(&mut cli, CLI_WAIT).expect("run the CLI");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the CLI trusted the impostor: {stderr}"
+    );
+    assert!(
+        stderr.contains("runs as uid 65534, neither root nor you: refusing to trust it"),
+        "{stderr}"
+    );
+    // The CLI hung up before sending its request.
+    assert_eq!(listener.join().expect("impostor thread"), "");
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

@@ -12,9 +12,14 @@ use crate::setup;
 /// Bound on one cargo build (a cold build takes about 70 s on two cores).
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-/// Builds `target/release/apifence` and returns its absolute path.
+/// Sets up the build toolchain, builds `target/release/apifence` and returns its absolute path.
 pub fn release() -> Result<PathBuf> {
-    setup::run()?;
+    setup::run(&[setup::Task::Build])?;
+    compile_release()
+}
+
+/// Builds `target/release/apifence` (the toolchain already set up) and returns its path.
+pub fn compile_release() -> Result<PathBuf> {
     run_live(
         cargo().args(["build", "--release", "-p", "filter-user"]),
         BUILD_TIMEOUT,

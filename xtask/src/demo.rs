@@ -25,6 +25,7 @@ use apifence_tests::{
 
 use crate::build;
 use crate::process::is_root;
+use crate::setup;
 
 const NS_API: &str = "afdemo-api";
 const NS_OK: &str = "afdemo-ok";
@@ -54,7 +55,8 @@ pub fn run(lab_only: bool) -> Result<()> {
     let bin = if lab_only {
         None
     } else {
-        Some(build::release()?)
+        setup::run(&[setup::Task::Demo])?;
+        Some(build::compile_release()?)
     };
     if !is_root() {
         bail!("the demo needs root (network namespaces, XDP): run it with sudo");

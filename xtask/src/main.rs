@@ -1,5 +1,5 @@
-//! Project tasks, run as `cargo xtask <task>`: `setup` installs what the build and tests need,
-//! `build` builds the release CLI, `test` runs the full check suite (what CI runs), `demo` shows
+//! Project tasks, run as `cargo xtask <task>`: `setup` installs what a task needs (each task runs
+//! it for itself, installing only its own needs), `build` builds the release CLI, `test` runs the full check suite (what CI runs), `demo` shows
 //! the filter at work in a namespace lab.
 
 mod bench;
@@ -8,6 +8,7 @@ mod demo;
 mod process;
 mod setup;
 mod test;
+mod tools_dir;
 
 use std::process::ExitCode;
 
@@ -24,9 +25,15 @@ struct Cli {
 /// One task.
 #[derive(Subcommand)]
 enum Task {
-    /// Install the nightly rust-src, bpf-linker and the Debian tools the tests need (idempotent).
-    Setup,
-    /// Build the release `apifence` binary (runs setup first).
+    /// Install the nightly rust-src, bpf-linker (into ~/.cache/apifence/tools) and the Debian
+    /// packages the given tasks need, printing what and why; apt never takes recommends and
+    /// never removes a package (idempotent).
+    Setup {
+        /// Prepare only for these tasks (comma separated; default: all).
+        #[arg(long = "for", value_delimiter = ',', value_name = "TASKS")]
+        tasks: Vec<setup::Task>,
+    },
+    /// Build the release `apifence` binary (sets up the build toolchain first).
     Build,
     /// fmt check, clippy, build, then the whole test suite with privileged tests required.
     Test,
@@ -44,7 +51,8 @@ enum Task {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
-        Task::Setup => setup::run(),
+        Task::Setup { tasks } if tasks.is_empty() => setup::run(&setup::Task::ALL),
+        Task::Setup { tasks } => setup::run(&tasks),
         Task::Build => build::release().map(|path| println!("{}", path.display())),
         Task::Test => test::run(),
         Task::Demo { lab_only } => demo::run(lab_only),

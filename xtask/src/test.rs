@@ -15,7 +15,7 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 
 /// Runs the suite; fails if any step failed, after printing `N passed, N failed`.
 pub fn run() -> Result<()> {
-    setup::run()?;
+    setup::run(&[setup::Task::Test])?;
     let mut failed_steps = Vec::new();
     let mut step = |name: &str, result: Result<()>| {
         if let Err(e) = result {

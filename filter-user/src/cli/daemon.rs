@@ -25,9 +25,10 @@ good state stays enforced. On SIGTERM or SIGINT it exits and the filter keeps en
 The config decides bpffs, state_dir and socket (the global --bpffs and --socket are not used).
 Logs go to stderr; APIFENCE_LOG=debug shows more.
 
-Socket protocol: one JSON request per line, one JSON response per line, for example
-  {\"op\":\"ranges_add\",\"list\":\"203.0.113.7\",\"dry_run\":false,\"force\":false}
-  {\"ok\":{\"type\":\"change\",\"applied\":true,...}}   or   {\"error\":{\"kind\":\"...\",\"message\":\"...\"}}
+Socket protocol (version 1): one JSON request per line, one JSON response per line, for example
+  {\"version\":1,\"op\":\"ranges_add\",\"list\":\"203.0.113.7\",\"dry_run\":false,\"force\":false}
+  {\"version\":1,\"ok\":{\"type\":\"change\",\"applied\":true,...}}   or
+  {\"version\":1,\"error\":{\"kind\":\"...\",\"message\":\"...\"}}
 Operations: ranges_set, ranges_add, ranges_remove, mode, show, status, reload, denied.";
 
 /// Flags of `apifence daemon`.

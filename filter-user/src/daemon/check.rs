@@ -17,8 +17,10 @@ use crate::{
         desired::{Desired, ResolveError, resolve},
         engine::compose,
         hooks::Features,
+        secure_dir::{self, SecureDirError},
         state_file::StateFile,
     },
+    kernel::bpffs::{self, BpffsError},
     policy::Mode,
     policy::compile::{self, CompileError, FamilyCounts},
     policy::{language::Entry, merge::merge},
@@ -37,6 +39,24 @@ pub enum CheckError {
         file: PathBuf,
         /// What the service tags loader said.
         message: String,
+    },
+    /// The bpffs directory is one apifence would refuse to use.
+    #[error("config file {}: bpffs", file.display())]
+    Bpffs {
+        /// The config file.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: BpffsError,
+    },
+    /// state_dir or the socket's directory is not safe.
+    #[error("config file {}", file.display())]
+    Insecure {
+        /// The config file.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: SecureDirError,
     },
     /// A name can't be resolved.
     #[error("config file {}", file.display())]
@@ -142,6 +162,18 @@ pub struct CheckReport {
 pub fn check(path: &Path, features: &mut dyn Features) -> Result<CheckReport, CheckError> {
     let file = path.to_path_buf();
     let config = config::load(path)?.config;
+    // The paths the daemon would refuse at start.
+    bpffs::check_mount_target(&config.bpffs).map_err(|source| CheckError::Bpffs {
+        file: file.clone(),
+        source,
+    })?;
+    let socket_dir = config.socket.parent().unwrap_or(Path::new("/"));
+    secure_dir::check("state_dir", &config.state_dir)
+        .and_then(|()| secure_dir::check("socket directory", socket_dir))
+        .map_err(|source| CheckError::Insecure {
+            file: file.clone(),
+            source,
+        })?;
     let tags = features
         .load_tags(&config)
         .map_err(|message| CheckError::Tags {

@@ -34,8 +34,10 @@ use toml::Value;
 
 use crate::{
     daemon::desired::{Authorized, RangeEntry, parse_single},
+    kernel::names::{NameError, check_interface},
     kernel::paths::{DEFAULT_BPFFS_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR},
     policy::XdpModeChoice,
+    policy::echo::escape,
     policy::language::{Entry, ONLY_ALWAYS_ALLOWED, RangeError},
     policy::suggest::did_you_mean,
     policy::{DEFAULT_PORTS, Mode},
@@ -51,8 +53,6 @@ pub const DEFAULT_METRICS: &str = "127.0.0.1:9640";
 pub const MAX_CAPACITY: u32 = 1 << 24;
 /// Longest Unix socket path (`sun_path` holds 108 bytes with the final NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
-/// Longest interface name (`IFNAMSIZ` less the NUL).
-const MAX_INTERFACE_NAME: usize = 15;
 
 /// Every key of the file, each with an example line used in error messages.
 pub const KEYS: [(&str, &str); 14] = [
@@ -453,6 +453,7 @@ pub fn parse(text: &str, dir: &Path) -> Result<Config, ConfigError> {
         {
             message = format!("{message} `{}`", at.trim());
         }
+        let message = escape(&message);
         ConfigError::Syntax {
             line,
             column,
@@ -462,7 +463,7 @@ pub fn parse(text: &str, dir: &Path) -> Result<Config, ConfigError> {
     for key in table.keys() {
         if !KEYS.iter().any(|(k, _)| k == key) {
             return Err(ConfigError::UnknownKey {
-                key: key.clone(),
+                key: escape(key),
                 suggestion: did_you_mean(key, KEYS.iter().map(|(k, _)| *k)),
             });
         }
@@ -713,25 +714,13 @@ fn interfaces(value: Value) -> Result<Vec<String>, ConfigError> {
         };
         let bad = |problem: String| ConfigError::BadInterface {
             position,
-            name: name.clone(),
+            name: escape(&name),
             problem,
         };
-        if name.is_empty() {
-            return Err(bad("is empty".into()));
-        }
-        if name.len() > MAX_INTERFACE_NAME {
-            return Err(bad(format!(
-                "is longer than {MAX_INTERFACE_NAME} bytes, so no interface can have it"
-            )));
-        }
-        if name == "."
-            || name == ".."
-            || name.contains(['/', ':'])
-            || name.contains(char::is_whitespace)
+        if let Err(NameError::Interface { problem, .. } | NameError::Netns { problem, .. }) =
+            check_interface(&name)
         {
-            return Err(bad(
-                "is not an interface name (no spaces, '/' or ':'; `ip link` lists them)".into(),
-            ));
+            return Err(bad(problem));
         }
         if let Some(first) = names.iter().position(|n| *n == name) {
             return Err(bad(format!("repeats entry {}; remove it", first + 1)));
@@ -1078,15 +1067,19 @@ metrics_ranges = 10               # per-range hit series (top by hits, rest as "
             ),
             (
                 "interfaces = [\"\"]",
-                "interfaces entry 1 \"\" is empty; for example: interfaces = [\"eth0\"]",
+                "interfaces entry 1 \"\" is empty; interface names are 1 to 15 printable ASCII characters without spaces, '/' or ':' (`ip link` lists them); for example: interfaces = [\"eth0\"]",
             ),
             (
                 "interfaces = [\"a-very-long-interface\"]",
-                "interfaces entry 1 \"a-very-long-interface\" is longer than 15 bytes, so no interface can have it; for example: interfaces = [\"eth0\"]",
+                "interfaces entry 1 \"a-very-long-interface\" is longer than 15 bytes; interface names are 1 to 15 printable ASCII characters without spaces, '/' or ':' (`ip link` lists them); for example: interfaces = [\"eth0\"]",
             ),
             (
                 "interfaces = [\"eth0 eth1\"]",
-                "interfaces entry 1 \"eth0 eth1\" is not an interface name (no spaces, '/' or ':'; `ip link` lists them); for example: interfaces = [\"eth0\"]",
+                "interfaces entry 1 \"eth0 eth1\" contains whitespace; interface names are 1 to 15 printable ASCII characters without spaces, '/' or ':' (`ip link` lists them); for example: interfaces = [\"eth0\"]",
+            ),
+            (
+                "interfaces = [\"eth\\u0000\"]",
+                "interfaces entry 1 \"eth\\u{0}\" contains \\u{0}, which is not a printable ASCII character; interface names are 1 to 15 printable ASCII characters without spaces, '/' or ':' (`ip link` lists them); for example: interfaces = [\"eth0\"]",
             ),
             (
                 "interfaces = [\"eth0\", \"eth0\"]",

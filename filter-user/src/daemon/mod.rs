@@ -6,7 +6,8 @@
 //! and the CLI's client), [`server`] (the socket), [`watch`] (reload on file change),
 //! [`engine`] (the owner: every change, reload and tick), [`hooks`] (where service tags,
 //! expiry, metrics, the deny log and the lockout guard plug in), [`telemetry`] (counters other
-//! tasks read), [`check`] (`apifence check-config`).
+//! tasks read), [`check`] (`apifence check-config`), [`secure_dir`] (directories and files the
+//! daemon trusts).
 //!
 //! [`run`] is the daemon: it returns when `shutdown` resolves (SIGTERM/SIGINT in the binary,
 //! anything in tests), leaving the filter attached and enforcing (fail-static). Only
@@ -19,6 +20,7 @@ pub mod desired;
 pub mod engine;
 pub mod hooks;
 pub mod protocol;
+pub mod secure_dir;
 pub mod server;
 pub mod state_file;
 pub mod telemetry;
@@ -29,7 +31,7 @@ use std::{
     fs::File,
     future::Future,
     io::Write,
-    os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -47,9 +49,11 @@ use crate::{
         desired::ResolveError,
         engine::{Command, Engine, EngineSetup},
         hooks::TaskContext,
+        secure_dir::SecureDirError,
         state_file::StateError,
         telemetry::Telemetry,
     },
+    kernel::bpffs::{self, BpffsError},
     kernel::operations::FilterError,
     kernel::paths::{PinLayout, StateLayout},
 };
@@ -143,6 +147,12 @@ pub enum DaemonError {
     /// The engine thread died.
     #[error("the engine thread stopped unexpectedly: {0}")]
     Engine(String),
+    /// A directory the daemon would have to trust is not safe.
+    #[error(transparent)]
+    Insecure(#[from] SecureDirError),
+    /// The bpffs directory can't be used.
+    #[error(transparent)]
+    Bpffs(#[from] BpffsError),
 }
 
 /// Displays an error with its whole chain of sources (`outer: inner: innermost`), for logs and
@@ -151,17 +161,19 @@ pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
 
 impl fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut text = self.0.to_string();
         let mut source = self.0.source();
         while let Some(inner) = source {
-            let text = inner.to_string();
+            let inner_text = inner.to_string();
             // `#[error(transparent)]` wrappers repeat their source's message.
-            if !self.0.to_string().ends_with(&text) {
-                write!(f, ": {text}")?;
+            if !self.0.to_string().ends_with(&inner_text) {
+                text.push_str(": ");
+                text.push_str(&inner_text);
             }
             source = inner.source();
         }
-        Ok(())
+        // Control characters from echoed input never reach a log line or the CLI as they are.
+        f.write_str(&crate::policy::echo::escape_keeping_lines(&text))
     }
 }
 
@@ -236,14 +248,7 @@ impl StateLock {
             }
         };
         state_file::ensure_dir(layout)?;
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(lock_error("opening"))?;
+        let mut file = secure_dir::open_lock(&path).map_err(lock_error("opening"))?;
         // SAFETY: a valid open descriptor.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let pid = std::fs::read_to_string(&path)
@@ -279,6 +284,8 @@ pub async fn run(
         warn!(warning = %warning, "config");
     }
     let config = loaded.config.clone();
+    // Refused before anything is created, mounted or locked.
+    bpffs::check_mount_target(&config.bpffs)?;
     let _lock = StateLock::acquire(&StateLayout::new(&config.state_dir))?;
     let listener = server::bind(&config.socket)?;
     let result = serve(options, loaded, features, listener, hangup, shutdown).await;

@@ -1,26 +1,28 @@
 //! The daemon's socket protocol, and the blocking client the CLI uses.
 //!
-//! A Unix stream socket (mode 0600, root only; the daemon also checks the peer is root). Each
-//! request is one JSON object on one line; each gets one JSON response on one line; a
+//! A Unix stream socket (mode 0600, root only; the daemon also checks the peer is root, and the
+//! CLI checks the daemon is root or its own user before trusting an answer). Each request is one
+//! JSON object on one line, carrying the protocol version ([`PROTOCOL_VERSION`], key `version`,
+//! in every request and response; a mismatch is refused with an error naming both); each gets one JSON response on one line; a
 //! connection may carry any number of them, in order. Requests (`op` selects the operation):
 //!
 //! ```json
-//! {"op":"ranges_set","list":"73.140.245.0/24, AzureDevOps","dry_run":false,"force":false}
-//! {"op":"ranges_add","list":"203.0.113.7","note":"on-call","expires":"2026-12-01T00:00:00Z"}
-//! {"op":"ranges_remove","list":"203.0.113.7/32"}
-//! {"op":"mode","mode":"monitor"}
-//! {"op":"show"}
-//! {"op":"status"}
-//! {"op":"reload"}
-//! {"op":"denied","top":20}
+//! {"version":1,"op":"ranges_set","list":"73.140.245.0/24, AzureDevOps","dry_run":false,"force":false}
+//! {"version":1,"op":"ranges_add","list":"203.0.113.7","note":"on-call","expires":"2026-12-01T00:00:00Z"}
+//! {"version":1,"op":"ranges_remove","list":"203.0.113.7/32"}
+//! {"version":1,"op":"mode","mode":"monitor"}
+//! {"version":1,"op":"show"}
+//! {"version":1,"op":"status"}
+//! {"version":1,"op":"reload"}
+//! {"version":1,"op":"denied","top":20}
 //! ```
 //!
 //! `list` is the range language of `apifence ranges` (names such as service tags allowed).
 //! `dry_run` computes and returns the change without persisting or applying it; `force`
 //! overrides a refusal by a safety check. Both default to false, as do missing optional fields.
 //!
-//! Responses are `{"ok":{"type":"change"|"show"|"status"|"reload", ...}}` or
-//! `{"error":{"kind":"...","message":"...","detail":...}}`; see [`Reply`] and [`ErrorReply`].
+//! Responses are `{"version":1,"ok":{"type":"change"|"show"|"status"|"reload", ...}}` or
+//! `{"version":1,"error":{"kind":"...","message":"...","detail":...}}`; see [`Reply`] and [`ErrorReply`].
 //! A change is acknowledged only after it was persisted and is enforced.
 
 use std::{
@@ -44,6 +46,61 @@ use crate::{
 /// Longest request or response line accepted (a range list of a few hundred thousand
 /// entries fits).
 pub const MAX_LINE: usize = 64 << 20;
+/// Version of this protocol, carried by every request and response line.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A request as sent on the wire: the version and the request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestLine {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u32,
+    /// The request.
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// A response as sent on the wire: the version and the response.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ResponseLine {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u32,
+    /// The response.
+    #[serde(flatten)]
+    pub response: Response,
+}
+
+impl ResponseLine {
+    /// `response` in this version's envelope.
+    pub fn new(response: Response) -> Self {
+        Self {
+            version: PROTOCOL_VERSION,
+            response,
+        }
+    }
+}
+
+/// Only the version of a line, read before the rest so that a mismatch is reported as one.
+#[derive(Deserialize)]
+struct VersionOnly {
+    version: Option<u32>,
+}
+
+/// Why `line` is not of this protocol version: `None` when it is (or is not JSON at all, which
+/// the full parse reports).
+pub fn version_mismatch(line: &[u8]) -> Option<String> {
+    let version = serde_json::from_slice::<VersionOnly>(line).ok()?.version;
+    let theirs = match version {
+        Some(PROTOCOL_VERSION) => return None,
+        Some(v) => format!("protocol version {v}"),
+        None => "no protocol version".to_owned(),
+    };
+    Some(format!(
+        "{theirs}, but this side speaks version {PROTOCOL_VERSION} (apifence {}); use the CLI \
+         and daemon of the same apifence version",
+        env!("CARGO_PKG_VERSION")
+    ))
+}
+
 /// How long the CLI waits for an answer (a large apply takes a fraction of a second; a
 /// reload may read a big service tags file).
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -356,6 +413,20 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
+    /// The process answering on the socket is neither root nor this user.
+    #[error(
+        "the process answering on {} runs as uid {uid}, neither root nor you: refusing to trust \
+         it (a socket left there by someone else?); check `ls -l {}`, stop whatever listens \
+         there, and start the apifence daemon (systemctl start apifence)",
+        path.display(),
+        path.display()
+    )]
+    Impostor {
+        /// The socket.
+        path: PathBuf,
+        /// The peer's user id.
+        uid: u32,
+    },
     /// The daemon answered something that is not a response.
     #[error("the apifence daemon on {} sent an unreadable answer ({reason}); is it the same version as this CLI?", path.display())]
     Garbled {
@@ -389,9 +460,18 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
         path: socket.to_path_buf(),
         source,
     };
+    let uid = peer_uid(&stream).map_err(io_err)?;
+    // SAFETY: geteuid has no preconditions.
+    if uid != 0 && uid != unsafe { libc::geteuid() } {
+        return Err(ClientError::Impostor { path, uid });
+    }
     stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
     stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
-    let mut line = serde_json::to_vec(request).map_err(|e| ClientError::Garbled {
+    let sent = RequestLine {
+        version: PROTOCOL_VERSION,
+        request: request.clone(),
+    };
+    let mut line = serde_json::to_vec(&sent).map_err(|e| ClientError::Garbled {
         path: socket.to_path_buf(),
         reason: e.to_string(),
     })?;
@@ -406,10 +486,41 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
             reason: "it closed the connection without answering".into(),
         });
     }
-    serde_json::from_str(&answer).map_err(|e| ClientError::Garbled {
-        path: socket.to_path_buf(),
-        reason: e.to_string(),
-    })
+    if let Some(reason) = version_mismatch(answer.as_bytes()) {
+        return Err(ClientError::Garbled {
+            path: socket.to_path_buf(),
+            reason: format!("it answered with {reason}"),
+        });
+    }
+    serde_json::from_str::<ResponseLine>(&answer)
+        .map(|line| line.response)
+        .map_err(|e| ClientError::Garbled {
+            path: socket.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+/// The user id of the process at the other end of `stream` (`SO_PEERCRED`: the credentials
+/// the server had when it called `listen`).
+fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `ucred` is plain data.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: a valid socket, and an out buffer of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
 }
 
 #[cfg(test)]
@@ -480,6 +591,33 @@ mod tests {
             text.starts_with(r#"{"ok":{"type":"reload","changed":false"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn every_line_carries_the_protocol_version() {
+        let line = RequestLine {
+            version: PROTOCOL_VERSION,
+            request: Request::Status,
+        };
+        let text = serde_json::to_string(&line).unwrap();
+        assert_eq!(text, r#"{"version":1,"op":"status"}"#);
+        assert_eq!(serde_json::from_str::<RequestLine>(&text).unwrap(), line);
+        let error = ResponseLine::new(Response::Error(ErrorReply::new(ErrorKind::BadRequest, "x")));
+        let text = serde_json::to_string(&error).unwrap();
+        assert_eq!(
+            text,
+            r#"{"version":1,"error":{"kind":"bad_request","message":"x"}}"#
+        );
+        let back: ResponseLine = serde_json::from_str(&text).unwrap();
+        assert!(matches!(back.response, Response::Error(e) if e.message == "x"));
+        assert_eq!(version_mismatch(br#"{"version":1,"op":"status"}"#), None);
+        let old = version_mismatch(br#"{"op":"status"}"#).unwrap();
+        assert!(
+            old.starts_with("no protocol version, but this side speaks version 1"),
+            "{old}"
+        );
+        let newer = version_mismatch(br#"{"version":2,"op":"status"}"#).unwrap();
+        assert!(newer.starts_with("protocol version 2"), "{newer}");
     }
 
     #[test]

@@ -19,10 +19,14 @@ use tracing::{debug, warn};
 use crate::daemon::{
     DaemonError,
     engine::Command,
-    protocol::{self, ErrorKind, ErrorReply, MAX_LINE, Request, Response},
+    protocol::{
+        self, ErrorKind, ErrorReply, MAX_LINE, Request, RequestLine, Response, ResponseLine,
+    },
+    secure_dir,
 };
 
-/// Binds the socket at `path`: creates its directory (0700) when missing, refuses when a
+/// Binds the socket at `path`: creates its directory (0700) when missing (refusing one that
+/// others own or can write, see [`secure_dir`]), refuses when a
 /// daemon already answers there, removes a stale socket file, and creates the socket with
 /// mode 0600.
 pub fn bind(path: &Path) -> Result<StdListener, DaemonError> {
@@ -34,15 +38,8 @@ pub fn bind(path: &Path) -> Result<StdListener, DaemonError> {
             source,
         }
     };
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(socket_error("creating the directory of"))?;
+    if let Some(dir) = path.parent() {
+        secure_dir::ensure("socket directory", dir)?;
     }
     if std::fs::symlink_metadata(path).is_ok() {
         match protocol::call(path, &Request::Status, Duration::from_secs(5)) {
@@ -131,7 +128,8 @@ fn allowed(stream: &UnixStream) -> bool {
 }
 
 async fn write_response(stream: &mut UnixStream, response: &Response) -> io::Result<()> {
-    let mut line = serde_json::to_vec(response).map_err(io::Error::other)?;
+    let mut line =
+        serde_json::to_vec(&ResponseLine::new(response.clone())).map_err(io::Error::other)?;
     line.push(b'\n');
     stream.write_all(&line).await
 }
@@ -166,8 +164,13 @@ async fn connection(
                 ErrorKind::BadRequest,
                 format!("request longer than {MAX_LINE} bytes; send a shorter list"),
             ))
+        } else if let Some(mismatch) = protocol::version_mismatch(&line) {
+            Response::Error(ErrorReply::new(
+                ErrorKind::BadRequest,
+                format!("the request has {mismatch}"),
+            ))
         } else {
-            match serde_json::from_slice::<Request>(&line) {
+            match serde_json::from_slice::<RequestLine>(&line).map(|line| line.request) {
                 Err(e) => Response::Error(ErrorReply::new(
                     ErrorKind::BadRequest,
                     format!("not a request ({e}); see the protocol in `apifence daemon --help`"),
@@ -188,7 +191,8 @@ async fn connection(
                 }
             }
         };
-        let mut bytes = serde_json::to_vec(&response).map_err(io::Error::other)?;
+        let mut bytes =
+            serde_json::to_vec(&ResponseLine::new(response)).map_err(io::Error::other)?;
         bytes.push(b'\n');
         write.write_all(&bytes).await?;
         if line.len() > MAX_LINE {

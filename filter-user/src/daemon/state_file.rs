@@ -11,15 +11,21 @@
 //! ```
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::{self, Write},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::{daemon::desired::Authorized, kernel::paths::StateLayout, policy::Mode};
+use crate::{
+    daemon::{
+        desired::Authorized,
+        secure_dir::{self, SecureDirError},
+    },
+    kernel::paths::StateLayout,
+    policy::Mode,
+};
 
 /// Current [`StateFile::version`].
 pub const STATE_VERSION: u32 = 1;
@@ -77,6 +83,9 @@ pub enum StateError {
         #[source]
         source: io::Error,
     },
+    /// The directory is not safe to keep state in.
+    #[error(transparent)]
+    Insecure(#[from] SecureDirError),
     /// The file is not a state file this version understands.
     #[error(
         "state file {} is unreadable ({reason}); fix it, or move it away so the daemon starts \
@@ -99,13 +108,10 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Stat
     }
 }
 
-/// Creates the state directory (mode 0700) if it is missing.
+/// Creates the state directory (mode 0700) if it is missing; refuses one that others own or
+/// can write (see [`secure_dir`]).
 pub fn ensure_dir(layout: &StateLayout) -> Result<(), StateError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(layout.dir())
-        .map_err(io_error("creating state directory", layout.dir()))
+    Ok(secure_dir::ensure("state_dir", layout.dir())?)
 }
 
 /// Reads the state file; `None` when there is none yet.
@@ -143,13 +149,7 @@ pub fn write(layout: &StateLayout, state: &StateFile) -> Result<(), StateError> 
         reason: e.to_string(),
     })?;
     bytes.push(b'\n');
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_error("creating", &tmp))?;
+    let mut file = secure_dir::open_new(&tmp).map_err(io_error("creating", &tmp))?;
     file.write_all(&bytes).map_err(io_error("writing", &tmp))?;
     file.sync_all().map_err(io_error("syncing", &tmp))?;
     drop(file);

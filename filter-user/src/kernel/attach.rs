@@ -13,7 +13,11 @@ use filter_common::{
 };
 
 use crate::{
-    kernel::{paths::PinLayout, program::OBJECT},
+    kernel::{
+        names::{NameError, check_interface},
+        paths::PinLayout,
+        program::OBJECT,
+    },
     policy::{AttachedMode, XdpModeChoice},
 };
 
@@ -38,6 +42,9 @@ pub enum AttachError {
          (use --netns NAME to act in another namespace)"
     )]
     UnknownInterface(String),
+    /// Not a possible interface name (checked before it reaches aya or a pin path).
+    #[error(transparent)]
+    BadName(#[from] NameError),
     /// Pinning or unpinning failed.
     #[error("{action} {path}: {source}")]
     Pin {
@@ -126,6 +133,7 @@ pub fn attach_interface(
     interface: &str,
     choice: XdpModeChoice,
 ) -> Result<AttachedMode, AttachError> {
+    check_interface(interface)?;
     let mut program = Xdp::from_pin(layout.program(), XdpAttachType::Interface)
         .map_err(program_error("opening the pinned program".into()))?;
     let attempt = |program: &mut Xdp, mode: XdpMode| {
@@ -171,6 +179,7 @@ pub fn attach_interface(
 /// (`BPF_LINK_DETACH`), then removes the pin. Unpinning alone would detach only once the kernel
 /// frees the link, which it defers.
 pub fn detach_interface(layout: &PinLayout, interface: &str) -> Result<(), AttachError> {
+    check_interface(interface)?;
     let path = layout.link(interface);
     detach_pinned_link(&path).map_err(pin_error("detaching the link pinned at", path.clone()))?;
     std::fs::remove_file(&path).map_err(pin_error("unpinning the link", path))

@@ -1,5 +1,10 @@
 //! The bpffs directory: making sure one is mounted, and the lock that keeps one writer at a
 //! time.
+//!
+//! apifence mounts a bpffs only on a directory it created itself: one that did not exist, or an
+//! empty one it marked when it created it (the `trusted.apifence_bpffs` extended attribute, so
+//! a directory left after a reboot is recognized). Anything else (`/etc`, a directory with
+//! files, one someone else made) is refused before anything is created or mounted.
 
 use std::{
     ffi::CString,
@@ -39,6 +44,19 @@ pub enum BpffsError {
          or use `apifence --netns NAME` instead of `ip netns exec`"
     )]
     PrivateMountNamespace(PathBuf),
+    /// The directory is not one apifence may mount a bpffs on.
+    #[error(
+        "bpffs directory {dir} is not on a bpffs and {reason}; apifence mounts a bpffs only on \
+         a directory it creates itself: choose a path that does not exist yet (for example \
+         /run/apifence/bpffs) or one under /sys/fs/bpf, or mount a bpffs there yourself \
+         (mount -t bpf bpf {dir})"
+    )]
+    NotOurs {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// Another apifence command holds the lock.
     #[error("another apifence command is changing {0} (waited {1:?}); retry when it is done")]
     Busy(PathBuf, Duration),
@@ -92,6 +110,92 @@ fn mount_bpffs(target: &Path) -> Result<(), BpffsError> {
     Ok(())
 }
 
+/// Extended attribute apifence sets on a directory it created to mount a bpffs on.
+const CREATED_MARK: &std::ffi::CStr = c"trusted.apifence_bpffs";
+
+fn c_path(path: &Path) -> Option<CString> {
+    CString::new(path.as_os_str().as_bytes()).ok()
+}
+
+/// Marks `dir` as created by apifence. Best effort: on a filesystem without extended
+/// attributes the mark is missing, and a later mount on the leftover directory is refused with
+/// [`BpffsError::NotOurs`] (whose message says what to do).
+fn mark_created(dir: &Path) {
+    if let Some(path) = c_path(dir) {
+        // SAFETY: valid NUL-terminated strings and a 1-byte value buffer.
+        unsafe {
+            libc::setxattr(
+                path.as_ptr(),
+                CREATED_MARK.as_ptr(),
+                b"1".as_ptr().cast(),
+                1,
+                0,
+            )
+        };
+    }
+}
+
+fn created_by_apifence(dir: &Path) -> bool {
+    let Some(path) = c_path(dir) else {
+        return false;
+    };
+    // SAFETY: valid NUL-terminated strings; a null buffer of size 0 only asks for the length.
+    unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            CREATED_MARK.as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        ) >= 0
+    }
+}
+
+/// Whether [`ensure_bpffs_dir`] may use `dir`, changing nothing: it is on a bpffs, inside one,
+/// the system mount point's child, missing (apifence creates it), or an empty directory
+/// apifence created earlier. Used by `check-config` and at daemon start, too.
+pub fn check_mount_target(dir: &Path) -> Result<(), BpffsError> {
+    if dir.is_dir() && is_bpffs(dir) {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent()
+        && (parent == Path::new(SYSTEM_BPFFS_MOUNT) || (parent.is_dir() && is_bpffs(parent)))
+    {
+        return Ok(());
+    }
+    let refuse = |reason| {
+        Err(BpffsError::NotOurs {
+            dir: dir.to_path_buf(),
+            reason,
+        })
+    };
+    let meta = match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(BpffsError::Io {
+                action: "inspecting",
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+        Ok(meta) => meta,
+    };
+    if !meta.is_dir() {
+        return refuse("is not a directory");
+    }
+    let mut entries = std::fs::read_dir(dir).map_err(|source| BpffsError::Io {
+        action: "listing",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    if entries.next().is_some() {
+        return refuse("is not empty (mounting there would hide its files)");
+    }
+    if !created_by_apifence(dir) {
+        return refuse("was not created by apifence");
+    }
+    Ok(())
+}
+
 /// Makes `dir` an existing directory on a bpffs. Returns whether it mounted a bpffs on `dir`
 /// itself (which a full detach undoes). The default location mounts the system bpffs at
 /// `/sys/fs/bpf` when nothing is mounted there (that mount is left in place on detach).
@@ -122,7 +226,11 @@ pub fn ensure_bpffs_dir(dir: &Path) -> Result<bool, BpffsError> {
         create(dir)?;
         return Ok(false);
     }
-    create(dir)?;
+    check_mount_target(dir)?;
+    if !dir.exists() {
+        create(dir)?;
+        mark_created(dir);
+    }
     mount_bpffs(dir)?;
     Ok(true)
 }
@@ -179,5 +287,44 @@ impl DirLock {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_missing_or_apifence_made_empty_directories_are_mount_targets() {
+        let base = std::env::temp_dir().join(format!("apifence-bpffs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let missing = base.join("missing");
+        assert!(check_mount_target(&missing).is_ok());
+
+        let full = base.join("full");
+        std::fs::create_dir(&full).unwrap();
+        std::fs::write(full.join("keep"), "x").unwrap();
+        let error = check_mount_target(&full).unwrap_err().to_string();
+        assert!(error.contains("is not empty"), "{error}");
+
+        let foreign = base.join("foreign");
+        std::fs::create_dir(&foreign).unwrap();
+        let error = check_mount_target(&foreign).unwrap_err().to_string();
+        assert!(error.contains("was not created by apifence"), "{error}");
+
+        let file = base.join("file");
+        std::fs::write(&file, "x").unwrap();
+        let error = check_mount_target(&file).unwrap_err().to_string();
+        assert!(error.contains("is not a directory"), "{error}");
+
+        let error = check_mount_target(Path::new("/etc"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("/etc") && error.contains("not empty"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -52,6 +52,11 @@ pub enum MapsError {
 
 type Trie<K> = LpmTrie<MapData, K, RuleId>;
 
+/// Names of the IPv4 tries, by slot (for error messages).
+const V4_NAMES: [&str; 2] = [MAP_V4_SLOT0, MAP_V4_SLOT1];
+/// Names of the IPv6 tries, by slot (for error messages).
+const V6_NAMES: [&str; 2] = [MAP_V6_SLOT0, MAP_V6_SLOT1];
+
 /// What one slot is known to hold: trie entries with their rule ids, and the port bitmap.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SlotContents {
@@ -151,7 +156,7 @@ impl FilterMaps {
     pub fn rule_ids(&self, slot: u32) -> Result<BTreeMap<IpNet, RuleId>, MapsError> {
         let mut ids = BTreeMap::new();
         for entry in self.v4[slot as usize].iter() {
-            let (key, id) = entry.map_err(access("reading", MAP_V4_SLOT0))?;
+            let (key, id) = entry.map_err(access("reading", V4_NAMES[slot as usize]))?;
             let prefix =
                 Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8).map(IpNet::V4);
             if let Ok(prefix) = prefix {
@@ -159,7 +164,7 @@ impl FilterMaps {
             }
         }
         for entry in self.v6[slot as usize].iter() {
-            let (key, id) = entry.map_err(access("reading", MAP_V6_SLOT0))?;
+            let (key, id) = entry.map_err(access("reading", V6_NAMES[slot as usize]))?;
             let prefix =
                 Ipv6Net::new(Ipv6Addr::from(key.data()), key.prefix_len() as u8).map(IpNet::V6);
             if let Ok(prefix) = prefix {
@@ -169,17 +174,25 @@ impl FilterMaps {
         Ok(ids)
     }
 
-    /// Empties both tries of `slot` (which must be inactive).
+    /// Empties both tries of `slot` (which must be inactive). An error reading the keys fails
+    /// the clear: a key skipped here would stay authorized in the slot about to go live.
     fn clear_tries(&mut self, slot: u32) -> Result<(), MapsError> {
+        let (v4_name, v6_name) = (V4_NAMES[slot as usize], V6_NAMES[slot as usize]);
         let v4 = &mut self.v4[slot as usize];
-        let keys: Vec<_> = v4.keys().filter_map(Result::ok).collect();
+        let keys = v4
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(access("listing the keys of", v4_name))?;
         for key in keys {
-            v4.remove(&key).map_err(access("clearing", MAP_V4_SLOT0))?;
+            v4.remove(&key).map_err(access("clearing", v4_name))?;
         }
         let v6 = &mut self.v6[slot as usize];
-        let keys: Vec<_> = v6.keys().filter_map(Result::ok).collect();
+        let keys = v6
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(access("listing the keys of", v6_name))?;
         for key in keys {
-            v6.remove(&key).map_err(access("clearing", MAP_V6_SLOT0))?;
+            v6.remove(&key).map_err(access("clearing", v6_name))?;
         }
         Ok(())
     }
@@ -192,28 +205,32 @@ impl FilterMaps {
                     id,
                     0,
                 )
-                .map_err(access("writing", MAP_V4_SLOT0)),
+                .map_err(access("writing", V4_NAMES[slot as usize])),
             IpNet::V6(net) => self.v6[slot as usize]
                 .insert(
                     &Key::new(net.prefix_len().into(), net.addr().octets()),
                     id,
                     0,
                 )
-                .map_err(access("writing", MAP_V6_SLOT0)),
+                .map_err(access("writing", V6_NAMES[slot as usize])),
         }
     }
 
     fn remove_entry(&mut self, slot: u32, prefix: &IpNet) -> Result<(), MapsError> {
-        let removed = match prefix {
-            IpNet::V4(net) => self.v4[slot as usize]
-                .remove(&Key::new(net.prefix_len().into(), net.addr().octets())),
-            IpNet::V6(net) => self.v6[slot as usize]
-                .remove(&Key::new(net.prefix_len().into(), net.addr().octets())),
+        let (removed, name) = match prefix {
+            IpNet::V4(net) => (
+                self.v4[slot as usize]
+                    .remove(&Key::new(net.prefix_len().into(), net.addr().octets())),
+                V4_NAMES[slot as usize],
+            ),
+            IpNet::V6(net) => (
+                self.v6[slot as usize]
+                    .remove(&Key::new(net.prefix_len().into(), net.addr().octets())),
+                V6_NAMES[slot as usize],
+            ),
         };
         match removed {
-            Err(source) if !is_not_found(&source) => {
-                Err(access("removing from", MAP_V4_SLOT0)(source))
-            }
+            Err(source) if !is_not_found(&source) => Err(access("removing from", name)(source)),
             _ => Ok(()),
         }
     }
@@ -331,7 +348,12 @@ impl FilterMaps {
                 .map_err(access("writing", MAP_POLICY))?;
         }
         for stale in chunks.len() as u32..previous_chunks {
-            let _ = self.records.remove(&policy_chunk_key(slot, stale));
+            match self.records.remove(&policy_chunk_key(slot, stale)) {
+                Err(source) if !is_not_found(&source) => {
+                    return Err(access("removing a stale chunk from", MAP_POLICY)(source));
+                }
+                _ => {}
+            }
         }
         Ok(())
     }

@@ -2,12 +2,13 @@
 //! [`program`] is the embedded object, [`paths`] names every file, [`bpffs`] mounts and locks
 //! the pin directory, [`maps`] reads and writes the pinned maps, [`attach`] loads the program
 //! and links it to interfaces, [`grace_period`] waits until no packet still reads an old slot,
-//! [`netns`] enters a named network namespace, and [`operations`] is the filter as a whole,
-//! which the CLI and the daemon drive.
+//! [`netns`] enters a named network namespace, [`names`] checks interface and namespace names,
+//! and [`operations`] is the filter as a whole, which the CLI and the daemon drive.
 pub mod attach;
 pub mod bpffs;
 pub mod grace_period;
 pub mod maps;
+pub mod names;
 pub mod netns;
 pub mod operations;
 pub mod paths;

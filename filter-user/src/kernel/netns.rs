@@ -4,10 +4,11 @@ use std::{fs::File, os::fd::AsRawFd};
 
 use anyhow::{Context, Result};
 
-use crate::kernel::paths::netns_path;
+use crate::kernel::{names::check_netns, paths::netns_path};
 
 /// Moves this process into the network namespace `name` (from `ip netns add`).
 pub fn enter(name: &str) -> Result<()> {
+    check_netns(name)?;
     let path = netns_path(name);
     let file = File::open(&path).with_context(|| {
         format!(

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::{
     kernel::attach::{self, AttachError},
     kernel::bpffs::{self, BpffsError, DirLock},
-    kernel::grace_period,
+    kernel::grace_period::{GracePeriod, GracePeriodError},
     kernel::maps::{FilterMaps, MapsError, SlotContents},
     kernel::paths::PinLayout,
     policy::XdpModeChoice,
@@ -38,6 +38,9 @@ pub enum FilterError {
     /// Map access.
     #[error(transparent)]
     Maps(#[from] MapsError),
+    /// The wait for programs still reading the old slot.
+    #[error(transparent)]
+    GracePeriod(#[from] GracePeriodError),
     /// The policy does not compile.
     #[error(transparent)]
     Compile(#[from] CompileError),
@@ -171,6 +174,11 @@ pub struct RangeHits {
 pub struct Filter {
     layout: PinLayout,
     maps: FilterMaps,
+    /// Created on the first apply (readers never need it).
+    grace: Option<GracePeriod>,
+    /// A grace period has passed since this writer's last flip, so the inactive slot has no
+    /// readers (only meaningful while the writer lock is held).
+    settled: bool,
     _lock: Option<DirLock>,
 }
 
@@ -187,6 +195,8 @@ impl Filter {
         Ok(Self {
             layout: layout.clone(),
             maps: FilterMaps::open(layout)?,
+            grace: None,
+            settled: false,
             _lock: None,
         })
     }
@@ -200,6 +210,8 @@ impl Filter {
         Ok(Self {
             layout: layout.clone(),
             maps: FilterMaps::open(layout)?,
+            grace: None,
+            settled: false,
             _lock: Some(lock),
         })
     }
@@ -219,18 +231,25 @@ impl Filter {
     }
 
     /// What `slot` holds according to its record; `None` when unknown (no record, an
-    /// interrupted write, or an unreadable record), in which case the tries must be read.
-    fn slot_contents(&self, slot: u32) -> Option<SlotContents> {
-        let bytes = self.maps.read_record(slot).ok()??;
-        let record: Record = serde_json::from_slice(&bytes).ok()?;
-        let prefixes = compile::slot_prefixes(&record.policy).ok()?;
+    /// interrupted write, or a record that does not decode), in which case the tries must be
+    /// read or rewritten whole. A failing map read is an error, not "unknown".
+    fn slot_contents(&self, slot: u32) -> Result<Option<SlotContents>> {
+        let Some(bytes) = self.maps.read_record(slot)? else {
+            return Ok(None);
+        };
+        let Ok(record) = serde_json::from_slice::<Record>(&bytes) else {
+            return Ok(None);
+        };
+        let Ok(prefixes) = compile::slot_prefixes(&record.policy) else {
+            return Ok(None);
+        };
         if prefixes.len() != record.rule_ids.len() {
-            return None;
+            return Ok(None);
         }
-        Some(SlotContents {
+        Ok(Some(SlotContents {
             entries: prefixes.into_iter().zip(record.rule_ids).collect(),
             port_words: compile::port_bitmap(&record.policy.ports),
-        })
+        }))
     }
 
     /// Prefixes per family the tries hold.
@@ -240,15 +259,20 @@ impl Filter {
 
     /// Compiles `record` and makes it the enforced policy, atomically: once this returns, every
     /// packet is judged against it; no packet was judged against a mix of old and new.
-    /// On error nothing changed.
+    /// On error nothing changed, except when the grace period after the flip fails
+    /// ([`FilterError::GracePeriod`]): then the new policy is live, but runs that started
+    /// before the flip may not have finished; the next apply waits again before writing.
     pub fn apply(&mut self, record: &Record) -> Result<ApplyReport> {
         let started = Instant::now();
-        // A crash between an earlier flip and its wait could leave readers on the inactive
-        // slot; waiting here makes the inactive slot safe to rewrite in every case.
-        grace_period::wait_for_readers();
+        // A crash between an earlier flip and its wait (here or in another process) could leave
+        // readers on the inactive slot; waiting makes it safe to rewrite in every case. Skipped
+        // only when this writer, holding the lock since, already waited after its own flip.
+        if !(self.settled && self._lock.is_some()) {
+            self.wait_for_readers()?;
+        }
         let active = self.maps.active_slot()?;
         let target = 1 - active;
-        let ids = match self.slot_contents(active) {
+        let ids = match self.slot_contents(active)? {
             Some(contents) => contents.entries,
             None => self.maps.rule_ids(active)?,
         };
@@ -259,18 +283,30 @@ impl Filter {
             dir: dir_name(&self.layout),
             reason: e.to_string(),
         })?;
-        let previous = self.slot_contents(target);
+        let previous = self.slot_contents(target)?;
         self.maps.zero_hits(&compiled.fresh_ids)?;
         self.maps
             .write_slot(target, &compiled, &bytes, previous.as_ref())?;
+        self.settled = false;
         self.maps.flip(target)?;
-        grace_period::wait_for_readers();
+        self.wait_for_readers()?;
         Ok(ApplyReport {
             given: given_counts(&record.policy),
             compiled: compiled.counts,
             slot: target,
             duration: started.elapsed(),
         })
+    }
+
+    /// One RCU grace period (see [`GracePeriod`]); marks the inactive slot free of readers.
+    fn wait_for_readers(&mut self) -> Result<()> {
+        let grace = match &self.grace {
+            Some(grace) => grace,
+            None => self.grace.insert(GracePeriod::new()?),
+        };
+        grace.wait()?;
+        self.settled = true;
+        Ok(())
     }
 
     /// Replaces the policy, keeping the attachment facts.
@@ -315,7 +351,7 @@ impl Filter {
             parse_authorized(&record.policy.ranges).map_err(|e| FilterError::Compile(e.into()))?;
         let granted: BTreeSet<IpNet> = merge(list.entries()).into_iter().collect();
         let mut ranges = Vec::new();
-        let entries = match self.slot_contents(slot) {
+        let entries = match self.slot_contents(slot)? {
             Some(contents) => contents.entries,
             None => self.maps.rule_ids(slot)?,
         };
@@ -407,6 +443,8 @@ fn attach_locked(
     let mut filter = Filter {
         layout: layout.clone(),
         maps: FilterMaps::open(layout)?,
+        grace: None,
+        settled: false,
         _lock: None,
     };
     if let Some(asked) = options.capacity

@@ -89,7 +89,8 @@ impl StateLayout {
     }
 }
 
-/// Path of the named network namespace `name`.
+/// Path of the named network namespace `name` (checked with
+/// [`crate::kernel::names::check_netns`] first).
 pub fn netns_path(name: &str) -> PathBuf {
     Path::new(NETNS_RUN_DIR).join(name)
 }

@@ -15,6 +15,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
 
+use crate::policy::echo::escape;
+
 /// The prefix that, alone, means "allow only the always-allowed addresses".
 pub const ONLY_ALWAYS_ALLOWED: IpNet = IpNet::new_assert(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 32);
 
@@ -372,7 +374,7 @@ fn read_entry(text: &str, position: usize) -> Result<Entry, RangeError> {
     if is_name(text) {
         return Ok(Entry::Name(text.to_owned()));
     }
-    let entry = || text.to_owned();
+    let entry = || escape(text);
     let (address, length) = match text.split_once('/') {
         Some((address, length)) => (address, Some(length)),
         None => (text, None),
@@ -387,7 +389,7 @@ fn read_entry(text: &str, position: usize) -> Result<Entry, RangeError> {
         return Err(RangeError::ZoneNotAllowed {
             entry: entry(),
             position,
-            zone: zone.to_owned(),
+            zone: escape(zone),
         });
     }
     if length == Some("") {

@@ -24,7 +24,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
     }
     if args.render.is_none() {
-        setup::run()?;
+        setup::run(&[setup::Task::Bench])?;
     }
     run_live(
         cargo().args([

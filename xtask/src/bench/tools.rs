@@ -14,20 +14,16 @@ use apifence_tests::cmd::{check, describe, output_with_timeout};
 use serde::{Deserialize, Serialize};
 
 use crate::process::which;
+use crate::setup::{AptPackage, Task, packages_for};
 
 /// Bound on one tool invocation (loading 100k nft interval elements takes seconds).
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// A tool the benchmark uses, the Debian package providing it, and what it is for.
-pub const TOOLS: [(&str, &str, &str); 7] = [
-    ("ip", "iproute2", "namespaces and veth pairs"),
-    ("nft", "nftables", "the nftables netdev-ingress variant"),
-    ("ipset", "ipset", "the iptables + ipset variant"),
-    ("iptables", "iptables", "the iptables + ipset variant"),
-    ("xdp-filter", "xdp-tools", "the xdp-filter variant"),
-    ("trafgen", "netsniff-ng", "the end-to-end traffic"),
-    ("bpftool", "bpftool", "map memory cross-check"),
-];
+/// The tools the benchmark uses: the packages `setup` installs for it (one table, in
+/// [`crate::setup::APT_PACKAGES`]).
+fn tools() -> impl Iterator<Item = &'static AptPackage> {
+    packages_for(&[Task::Bench])
+}
 
 /// A tool found (or not) and its version line.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -42,16 +38,15 @@ pub struct ToolInfo {
     pub version: Option<String>,
 }
 
-/// Looks every tool of [`TOOLS`] up and asks its version.
+/// Looks every tool of [`tools`] up and asks its version.
 pub fn inventory() -> Vec<ToolInfo> {
-    TOOLS
-        .iter()
-        .map(|&(name, package, _)| {
-            let path = which(name);
-            let version = path.as_ref().and_then(|p| version_of(name, p));
+    tools()
+        .map(|tool| {
+            let path = which(tool.command);
+            let version = path.as_ref().and_then(|p| version_of(tool.command, p));
             ToolInfo {
-                name: name.into(),
-                package: package.into(),
+                name: tool.command.into(),
+                package: tool.package.into(),
                 path,
                 version,
             }
@@ -83,11 +78,13 @@ fn version_of(name: &str, path: &Path) -> Option<String> {
 /// The absolute path of `name`, or an error naming the Debian package to install.
 pub fn require(name: &str) -> Result<PathBuf> {
     which(name).with_context(|| {
-        let package = TOOLS
-            .iter()
-            .find(|(n, _, _)| *n == name)
-            .map_or(name, |(_, p, _)| p);
-        format!("{name} is not installed (apt-get install {package}, or `cargo xtask setup`)")
+        let package = tools()
+            .find(|t| t.command == name)
+            .map_or(name, |t| t.package);
+        format!(
+            "{name} is not installed (`cargo xtask setup --for bench`, or apt-get install \
+             --no-install-recommends --no-remove {package})"
+        )
     })
 }
 
