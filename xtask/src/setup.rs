@@ -148,7 +148,14 @@ fn llvm_prefix() -> Result<PathBuf> {
 
 /// Installs the Debian packages whose commands are missing (one `apt-get update` first).
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    apt_install(&APT_PACKAGES, &[])
+}
+
+/// Installs those of `packages` (package, a command it provides) whose command is missing, with
+/// `apt_args` (e.g. a private source list) given to both `apt-get update` and `apt-get install`.
+/// Never installs recommends and never removes a package: a conflict fails instead.
+pub fn apt_install(packages: &[(&str, &str)], apt_args: &[String]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter_map(|&(package, command)| match which(command) {
             Some(_) => {
@@ -164,15 +171,24 @@ fn apt_packages() -> Result<()> {
     if !is_root() {
         bail!("missing packages {missing:?}: run `cargo xtask setup` as root to install them");
     }
-    run_live(Command::new("apt-get").arg("update"), APT_TIMEOUT)?;
+    run_live(
+        Command::new("apt-get").args(apt_args).arg("update"),
+        APT_TIMEOUT,
+    )?;
     run_live(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y"])
+            .args(apt_args)
+            .args([
+                "install",
+                "-y",
+                "--no-install-recommends",
+                "--no-remove",
+            ])
             .args(&missing),
         APT_TIMEOUT,
     )?;
-    for &(package, command) in APT_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+    for &(package, command) in packages.iter().filter(|(p, _)| missing.contains(p)) {
         if which(command).is_none() {
             bail!("{package} installed but `{command}` is still not found");
         }
