@@ -15,6 +15,8 @@ mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 mount -t bpf bpf /sys/fs/bpf
 ln -s /run /var/run
+# This busybox prefers its own applets to PATH: iproute2's ip (for netns, veth, XDP) by name.
+ip() { /usr/sbin/ip "$@"; }
 
 # Seconds a TCP probe may take: it succeeds in milliseconds, a dropped SYN runs it out.
 PROBE_SECS=6
@@ -125,10 +127,13 @@ attach() {
     echo "$out"
     [ $rc -eq 0 ] || return 1
     [ "$(echo "$out" | grep -c "($1 mode)")" -eq 2 ] || return 1
+    # iproute2 names the attach mode after the MTU: `mtu 1500 xdp` or `mtu 1500 xdpgeneric`.
     word=xdp
     [ "$1" = skb ] && word=xdpgeneric
     for link in api0 api1; do
-        ip link show "$link" | tee /dev/stderr | grep -qw "$word" || return 1
+        shown=$(ip link show "$link")
+        echo "$shown"
+        echo "$shown" | grep -q "mtu [0-9]* $word " || return 1
     done
 }
 

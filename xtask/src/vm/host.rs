@@ -88,6 +88,8 @@ fn backports_apt_args() -> Result<Vec<String>> {
         opt("Dir::State::Lists", &dir.join("lists")),
         opt("Dir::Cache::Archives", &dir.join("archives")),
         "-oAcquire::IndexTargets::deb::DEP-11::DefaultEnabled=false".to_owned(),
+        // Downloads land in a directory only root can write.
+        "-oAPT::Sandbox::User=root".to_owned(),
         "-t".to_owned(),
         format!("{codename}-backports"),
     ])

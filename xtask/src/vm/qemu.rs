@@ -17,7 +17,7 @@ const MEMORY_MIB: &str = "1024";
 /// any panic ends qemu (with `-no-reboot`).
 const CMDLINE: &str = "console=ttyS0 quiet loglevel=3 panic=-1 oops=panic";
 /// Bound on the KVM probe guest (it boots in about a second when KVM works).
-const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 /// What the KVM probe guest prints when it ran.
 const KVM_PROBE_MARKER: &str = "APIFENCE-VM KVM-OK";
 
