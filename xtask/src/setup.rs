@@ -179,12 +179,7 @@ pub fn apt_install(packages: &[(&str, &str)], apt_args: &[String]) -> Result<()>
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(apt_args)
-            .args([
-                "install",
-                "-y",
-                "--no-install-recommends",
-                "--no-remove",
-            ])
+            .args(["install", "-y", "--no-install-recommends", "--no-remove"])
             .args(&missing),
         APT_TIMEOUT,
     )?;

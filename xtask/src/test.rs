@@ -84,7 +84,10 @@ pub fn run() -> Result<()> {
             step("tests", result);
         }
     }
-    step("kernel matrix", crate::vm::run(&crate::vm::VmArgs::default()));
+    step(
+        "kernel matrix",
+        crate::vm::run(&crate::vm::VmArgs::default()),
+    );
     if !failed_steps.is_empty() {
         eprintln!("xtask test: failed steps: {}", failed_steps.join(", "));
     }

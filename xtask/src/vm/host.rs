@@ -26,7 +26,7 @@ pub struct Tools {
     pub busybox: PathBuf,
     /// iproute2's `ip` (busybox `ip` has no `netns`).
     pub ip: PathBuf,
-    /// `bpftool`, for the program's verifier figures and the leftover check.
+    /// `bpftool`, to see that no XDP program is left loaded after detach.
     pub bpftool: PathBuf,
 }
 
@@ -40,7 +40,9 @@ pub fn install() -> Result<Tools> {
     setup::run()?;
     for tool in BASE_TOOLS {
         if which(tool).is_none() {
-            bail!("`{tool}` is not installed (the matrix needs dpkg, binutils, xz-utils, libc-bin)");
+            bail!(
+                "`{tool}` is not installed (the matrix needs dpkg, binutils, xz-utils, libc-bin)"
+            );
         }
     }
     let missing = PACKAGES.iter().any(|(_, command)| which(command).is_none());
@@ -62,7 +64,8 @@ pub fn install() -> Result<Tools> {
 /// apt options adding the host release's backports (plus the release itself and its security
 /// updates, so dependencies resolve) from a private source list, preferring backports.
 fn backports_apt_args() -> Result<Vec<String>> {
-    let os_release = std::fs::read_to_string("/etc/os-release").context("reading /etc/os-release")?;
+    let os_release =
+        std::fs::read_to_string("/etc/os-release").context("reading /etc/os-release")?;
     let codename = codename(&os_release)
         .context("no VERSION_CODENAME in /etc/os-release (the matrix needs Debian)")?;
     let home = std::env::var_os("HOME").context("HOME is not set")?;

@@ -15,12 +15,21 @@ use apifence_tests::cmd::{DEFAULT_TIMEOUT, output_with_timeout};
 enum Entry {
     Dir,
     /// File content from the host (symlinks followed) and its mode bits.
-    File { source: PathBuf, mode: u32 },
+    File {
+        source: PathBuf,
+        mode: u32,
+    },
     /// File content given inline.
-    Bytes { data: Vec<u8>, mode: u32 },
+    Bytes {
+        data: Vec<u8>,
+        mode: u32,
+    },
     /// A character device node (`/dev/console`, which the kernel opens for init before any
     /// filesystem is mounted).
-    CharDev { major: u32, minor: u32 },
+    CharDev {
+        major: u32,
+        minor: u32,
+    },
 }
 
 /// The archive being assembled, by path inside the guest (no leading `/`).
@@ -109,7 +118,8 @@ impl Initramfs {
                 }
                 Entry::File { source, mode } => (
                     0o100_000 | mode,
-                    std::fs::read(source).with_context(|| format!("reading {}", source.display()))?,
+                    std::fs::read(source)
+                        .with_context(|| format!("reading {}", source.display()))?,
                 ),
                 Entry::Bytes { data, mode } => (0o100_000 | mode, data.clone()),
             };
@@ -173,7 +183,11 @@ fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     let libs = parse_ldd(&text);
     for lib in &libs {
         if !lib.is_file() {
-            bail!("ldd {} names {} which is not a file", binary.display(), lib.display());
+            bail!(
+                "ldd {} names {} which is not a file",
+                binary.display(),
+                lib.display()
+            );
         }
     }
     Ok(libs)

@@ -263,9 +263,11 @@ impl PrivateApt {
     /// The image package a kernel metapackage depends on, and its version.
     pub fn image_of(&self, metapackage: &str) -> Result<(String, String)> {
         let out = output_with_timeout(
-            Command::new("apt-cache")
-                .args(&self.options)
-                .args(["show", "--no-all-versions", metapackage]),
+            Command::new("apt-cache").args(&self.options).args([
+                "show",
+                "--no-all-versions",
+                metapackage,
+            ]),
             APT_TIMEOUT,
         )?;
         check(&format!("apt-cache show {metapackage}"), &out)?;
@@ -288,7 +290,12 @@ impl PrivateApt {
             .flatten()
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|e| e == "deb"))
-            .with_context(|| format!("apt-get download {package} left no .deb in {}", dir.display()))
+            .with_context(|| {
+                format!(
+                    "apt-get download {package} left no .deb in {}",
+                    dir.display()
+                )
+            })
     }
 }
 
@@ -304,11 +311,7 @@ fn image_dependency(show: &str) -> Option<(String, String)> {
             continue;
         }
         let (name, version) = dep.split_once(' ')?;
-        let version = version
-            .trim()
-            .strip_prefix("(=")?
-            .strip_suffix(')')?
-            .trim();
+        let version = version.trim().strip_prefix("(=")?.strip_suffix(')')?.trim();
         return Some((name.to_owned(), version.to_owned()));
     }
     None
@@ -325,7 +328,8 @@ impl ModuleIndex {
         let mut files = Vec::new();
         let mut pending = vec![dir.to_path_buf()];
         while let Some(d) = pending.pop() {
-            for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))?
+            for entry in
+                std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))?
             {
                 let path = entry?.path();
                 if path.is_dir() {
@@ -433,7 +437,8 @@ mod tests {
             image_dependency(show),
             Some(("linux-image-5.10.0-46-amd64".into(), "5.10.262-1".into()))
         );
-        let other = "Depends: initramfs-tools, linux-image-6.12.117+deb12-amd64 (= 6.12.117-1~deb12u1)\n";
+        let other =
+            "Depends: initramfs-tools, linux-image-6.12.117+deb12-amd64 (= 6.12.117-1~deb12u1)\n";
         assert_eq!(
             image_dependency(other),
             Some((
@@ -448,7 +453,10 @@ mod tests {
     #[test]
     fn module_names() {
         assert_eq!(module_name("veth.ko").as_deref(), Some("veth"));
-        assert_eq!(module_name("nf-conntrack.ko.xz").as_deref(), Some("nf_conntrack"));
+        assert_eq!(
+            module_name("nf-conntrack.ko.xz").as_deref(),
+            Some("nf_conntrack")
+        );
         assert_eq!(module_name("x.ko.zst").as_deref(), Some("x"));
         assert_eq!(module_name("modules.dep"), None);
         assert_eq!(module_name("veth.kox"), None);

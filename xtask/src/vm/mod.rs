@@ -32,8 +32,9 @@ const GUEST_SCRIPT: &str = include_str!("guest.sh");
 const TCG_TIMEOUT: Duration = Duration::from_secs(300);
 /// Bound on one guest under KVM.
 const KVM_TIMEOUT: Duration = Duration::from_secs(120);
-/// The verdict-table test binary run in each guest.
-const VERDICTS_TEST: &str = "verdicts";
+/// filter-user's test binaries run in each guest: the `BPF_PROG_TEST_RUN` verdict table and the
+/// verifier's figures.
+const GUEST_TESTS: [&str; 2] = ["verdicts", "program_info"];
 
 /// Options of `cargo xtask vm-test`.
 #[derive(Args, Debug, Default)]
@@ -216,7 +217,6 @@ fn guest_files(tools: &host::Tools, work: &Path) -> Result<Initramfs> {
         BUILD_TIMEOUT,
     )?;
     let apifence = strip(&binary("debug")?, &work.join("apifence"))?;
-    let verdicts = strip(&test_binary(VERDICTS_TEST)?, &work.join(VERDICTS_TEST))?;
 
     let mut fs = Initramfs::new();
     for dir in ["proc", "sys", "dev", "run", "tmp", "var", "lib/modules"] {
@@ -228,7 +228,10 @@ fn guest_files(tools: &host::Tools, work: &Path) -> Result<Initramfs> {
     fs.binary("usr/sbin/ip", &tools.ip)?;
     fs.binary("usr/sbin/bpftool", &tools.bpftool)?;
     fs.binary("usr/sbin/apifence", &apifence)?;
-    fs.binary(&format!("bin/{VERDICTS_TEST}"), &verdicts)?;
+    for test in GUEST_TESTS {
+        let stripped = strip(&test_binary(test)?, &work.join(test))?;
+        fs.binary(&format!("bin/{test}"), &stripped)?;
+    }
     Ok(fs)
 }
 

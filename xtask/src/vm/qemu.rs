@@ -63,7 +63,17 @@ pub fn boot(
     log: &Path,
     timeout: Duration,
 ) -> Result<Boot> {
+    // A console left by an earlier run must not stand in for this one.
+    match std::fs::remove_file(log) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", log.display()));
+        }
+        _ => {}
+    }
+    // qemu's own messages (not the guest's), kept beside the console log.
     let qemu_out = log.with_extension("qemu.txt");
+    let qemu_file =
+        File::create(&qemu_out).with_context(|| format!("creating {}", qemu_out.display()))?;
     let mut cmd = Command::new(qemu);
     cmd.args(["-accel", accel.name()])
         .args(["-cpu", if accel == Accel::Kvm { "host" } else { "max" }])
@@ -77,8 +87,8 @@ pub fn boot(
         .arg(initrd)
         .args(["-append", CMDLINE])
         .stdin(Stdio::null())
-        .stdout(File::create(&qemu_out)?)
-        .stderr(File::create(&qemu_out.with_extension("err.txt"))?);
+        .stdout(qemu_file.try_clone()?)
+        .stderr(qemu_file);
     let shown = describe(&cmd);
     println!("$ {shown}");
     let start = Instant::now();
@@ -91,11 +101,9 @@ pub fn boot(
     }
     let elapsed = start.elapsed();
     let mut console = std::fs::read_to_string(log).unwrap_or_default();
-    for extra in [qemu_out.clone(), qemu_out.with_extension("err.txt")] {
-        let text = std::fs::read_to_string(&extra).unwrap_or_default();
-        if !text.trim().is_empty() {
-            console.push_str(&format!("\n[qemu output]\n{text}"));
-        }
+    let qemu_text = std::fs::read_to_string(&qemu_out).unwrap_or_default();
+    if !qemu_text.trim().is_empty() {
+        console.push_str(&format!("\n[qemu: {}]\n{qemu_text}", qemu_out.display()));
     }
     Ok(Boot {
         console,

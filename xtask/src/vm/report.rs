@@ -23,25 +23,24 @@ pub fn expected_checks() -> Vec<String> {
     for mode in ["native", "skb"] {
         checks.push(format!("attach-{mode}"));
         checks.push(format!("ranges-{mode}"));
-        if mode == "native" {
-            checks.push("prog-info".to_owned());
-        }
         probes(&mut checks, mode);
         checks.push(format!("stats-{mode}"));
         checks.push(format!("detach-{mode}"));
         checks.push(format!("clean-{mode}"));
     }
     checks.push("verdicts".to_owned());
+    checks.push("prog-info".to_owned());
     checks
 }
 
-/// What the program looked like to the kernel (from `bpftool -j prog show`).
+/// What the program looked like to the kernel (`bpf_prog_info`, as the `program_info` test
+/// binary prints it).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ProgFigures {
     /// Instructions the verifier processed (`verified_insns`, kernels 5.16+), the figure its
     /// complexity limit (1,000,000) applies to.
     pub verified_insns: Option<u64>,
-    /// Instructions after the verifier's rewrites (`bytes_xlated` / 8).
+    /// Instructions after the verifier's rewrites (`xlated_prog_len` / 8).
     pub xlated_insns: Option<u64>,
     /// Size of the JIT-compiled program.
     pub jited_bytes: Option<u64>,
@@ -121,29 +120,19 @@ impl GuestReport {
     }
 }
 
-/// Figures of the first XDP program in `bpftool -j prog show` output (a one-line JSON array).
-fn prog_figures(json: &str) -> ProgFigures {
-    let xdp = json
-        .split("},{")
-        .find(|obj| obj.contains("\"type\":\"xdp\""))
-        .unwrap_or("");
+/// Figures from `processed_insns=N xlated_insns=N jited_bytes=N` (`n/a` where the kernel
+/// doesn't report one).
+fn prog_figures(line: &str) -> ProgFigures {
+    let value = |key: &str| {
+        line.split_whitespace()
+            .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+    };
     ProgFigures {
-        verified_insns: json_u64(xdp, "verified_insns"),
-        xlated_insns: json_u64(xdp, "bytes_xlated").map(|b| b / 8),
-        jited_bytes: json_u64(xdp, "bytes_jited"),
+        verified_insns: value("processed_insns"),
+        xlated_insns: value("xlated_insns"),
+        jited_bytes: value("jited_bytes"),
     }
-}
-
-/// The unsigned integer value of `"key":N` in compact JSON.
-fn json_u64(json: &str, key: &str) -> Option<u64> {
-    let pattern = format!("\"{key}\":");
-    let at = json.find(&pattern)? + pattern.len();
-    let digits: String = json[at..]
-        .chars()
-        .skip_while(|c| *c == ' ')
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
 }
 
 /// One row of the matrix.
@@ -248,20 +237,19 @@ mod tests {
     }
 
     #[test]
-    fn program_figures_from_bpftool_json() {
-        let json = r#"[{"id":3,"type":"tracing","bytes_xlated":80},{"id":7,"type":"xdp","name":"apifence","bytes_xlated":4096,"jited":true,"bytes_jited":2345,"verified_insns":1234}]"#;
+    fn program_figures_from_the_test_line() {
         assert_eq!(
-            prog_figures(json),
+            prog_figures("processed_insns=17876 xlated_insns=1128 jited_bytes=5250"),
             ProgFigures {
-                verified_insns: Some(1234),
-                xlated_insns: Some(512),
-                jited_bytes: Some(2345),
+                verified_insns: Some(17876),
+                xlated_insns: Some(1128),
+                jited_bytes: Some(5250),
             }
         );
-        let old = r#"[{"id":7,"type":"xdp","bytes_xlated":800,"jited":true,"bytes_jited":500}]"#;
-        assert_eq!(prog_figures(old).verified_insns, None);
-        assert_eq!(prog_figures(old).xlated_insns, Some(100));
-        assert_eq!(prog_figures("[]"), ProgFigures::default());
+        let old = prog_figures("processed_insns=n/a xlated_insns=1080 jited_bytes=5055");
+        assert_eq!(old.verified_insns, None);
+        assert_eq!(old.xlated_insns, Some(1080));
+        assert_eq!(prog_figures(""), ProgFigures::default());
     }
 
     #[test]
