@@ -9,6 +9,7 @@ mod process;
 mod setup;
 mod test;
 mod tools_dir;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -46,6 +47,9 @@ enum Task {
     /// Measure apifence against the kernel's alternatives; writes BENCHMARKS.md and bench/
     /// (needs root).
     Bench(bench::BenchArgs),
+    /// Boot Debian's 5.10, 6.1 and 6.12 kernels in qemu and run the filter end to end in each;
+    /// writes target/kernel-matrix.md (needs root).
+    VmTest(vm::VmArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Task::Test => test::run(),
         Task::Demo { lab_only } => demo::run(lab_only),
         Task::Bench(args) => bench::run(&args),
+        Task::VmTest(args) => vm::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -100,8 +100,9 @@ pub const APT_PACKAGES: [AptPackage; 8] = [
     AptPackage {
         package: "bpftool",
         command: "bpftool",
-        why: "the benchmark's map memory cross-check",
-        tasks: &[Task::Bench],
+        why: "the kernel matrix's check that detach leaves no program behind, and the \
+              benchmark's map memory cross-check",
+        tasks: &[Task::Test, Task::Bench],
     },
 ];
 
@@ -264,9 +265,7 @@ fn llvm_prefix() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache/apifence/llvm"))
 }
 
-/// Installs the packages `tasks` need whose commands are missing: `apt-get update`, a simulation
-/// whose plan is printed and refused if it removes anything, then the install itself with
-/// `--no-install-recommends --no-remove`.
+/// Installs the packages `tasks` need whose commands are missing (see [`apt_install`]).
 fn apt_packages(tasks: &[Task]) -> Result<()> {
     let missing: Vec<&AptPackage> = packages_for(tasks)
         .filter(|p| match which(p.command) {
@@ -277,6 +276,13 @@ fn apt_packages(tasks: &[Task]) -> Result<()> {
             None => true,
         })
         .collect();
+    apt_install(&missing, &[])
+}
+
+/// Installs `missing`: `apt-get update`, a simulation whose plan is printed and refused if it
+/// removes anything, then the install itself with `--no-install-recommends --no-remove`.
+/// `apt_args` (e.g. a private source list) go to every apt-get call.
+pub fn apt_install(missing: &[&AptPackage], apt_args: &[String]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
@@ -293,8 +299,11 @@ fn apt_packages(tasks: &[Task]) -> Result<()> {
             names.join(" ")
         );
     }
-    run_live(Command::new("apt-get").arg("update"), APT_TIMEOUT)?;
-    let plan = simulate_install(&names)?;
+    run_live(
+        Command::new("apt-get").args(apt_args).arg("update"),
+        APT_TIMEOUT,
+    )?;
+    let plan = simulate_install(&names, apt_args)?;
     if !plan.remove.is_empty() {
         bail!(
             "installing {} would remove {}: refusing to change the host that way; install \
@@ -317,12 +326,13 @@ fn apt_packages(tasks: &[Task]) -> Result<()> {
     run_live(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(apt_args)
             .args(INSTALL_ARGS)
             .arg("-y")
             .args(&names),
         APT_TIMEOUT,
     )?;
-    for p in &missing {
+    for p in missing {
         if which(p.command).is_none() {
             bail!(
                 "{} installed but `{}` is still not found",
@@ -360,9 +370,10 @@ pub struct AptPlan {
 /// Simulates installing `packages` the way setup installs them, except that removals are
 /// listed instead of refused (`--no-remove` would only make apt fail without naming them).
 /// Needs no root; needs apt's package lists (`apt-get update`) for packages not installed yet.
-pub fn simulate_install(packages: &[&str]) -> Result<AptPlan> {
+pub fn simulate_install(packages: &[&str], apt_args: &[String]) -> Result<AptPlan> {
     let mut cmd = Command::new("apt-get");
     cmd.env("DEBIAN_FRONTEND", "noninteractive")
+        .args(apt_args)
         .args(["-s", "install", "--no-install-recommends"])
         .args(packages);
     let shown = describe(&cmd);
@@ -470,7 +481,7 @@ Conf systemd-timesyncd (252.39-1~deb12u2 Debian:12.15/oldstable [amd64])
     #[test]
     fn setup_plan_on_this_machine_removes_nothing() {
         let names: Vec<&str> = packages_for(&Task::ALL).map(|p| p.package).collect();
-        let plan = simulate_install(&names).expect("apt-get -s install");
+        let plan = simulate_install(&names, &[]).expect("apt-get -s install");
         assert!(
             plan.remove.is_empty(),
             "setup's apt plan would remove {:?}",

@@ -84,6 +84,10 @@ pub fn run() -> Result<()> {
             step("tests", result);
         }
     }
+    step(
+        "kernel matrix",
+        crate::vm::run(&crate::vm::VmArgs::default()),
+    );
     if totals.ignored > 0 {
         eprintln!(
             "xtask test: {} test(s) are #[ignore]d; an ignored test proves nothing, so the run fails",
