@@ -98,6 +98,10 @@ pub const LOOKUP_COMPILED: u32 = 0;
 /// [`GLOBAL_LOOKUP`]: the kernel's LPM tries.
 pub const LOOKUP_LPM_TRIE: u32 = 1;
 
+/// `max_entries` of [`MAP_TABLE_CHUNKS`] and [`MAP_TABLE_ENTRIES`] when the LPM-trie lookup is
+/// selected: the table is not used, and the pins say which lookup they were made for.
+pub const TABLE_ELEMENTS_UNUSED: u32 = 1;
+
 /// Chunks of the compiled table per slot (both families) for a capacity of `capacity`
 /// prefixes per family: every /16 of the roots may hold a node of four chunks (for lists
 /// that spread over all of IPv4), and half a chunk per prefix beyond that covers prefixes

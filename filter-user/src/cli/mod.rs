@@ -15,8 +15,8 @@ use crate::{
     },
     kernel::operations::{self, AttachOptions, DetachTarget, Filter},
     kernel::paths::{DEFAULT_BPFFS_DIR, DEFAULT_CONFIG_FILE, DEFAULT_SOCKET, PinLayout},
-    policy::XdpModeChoice,
     policy::language::{RangeList, parse_authorized, parse_prefixes},
+    policy::{Lookup, XdpModeChoice},
     policy::{Mode, Policy, parse_ports},
 };
 
@@ -96,6 +96,10 @@ pub enum Command {
         /// Prefixes per address family the filter can hold (fixed until `detach --all`).
         #[arg(long, value_name = "N")]
         capacity: Option<u32>,
+        /// How sources are looked up: the table compiled into array maps (fast at any list
+        /// size) or the kernel's LPM trie (the fallback). Fixed until `detach --all`.
+        #[arg(long, value_enum, value_name = "LOOKUP")]
+        lookup: Option<Lookup>,
         /// Sources that are never blocked (egress/NAT IPs, load-balancer outbound, jump hosts).
         #[arg(long, value_name = "LIST")]
         always_allow: Option<String>,
@@ -315,6 +319,7 @@ struct ShowJson {
     mode: &'static str,
     interfaces: std::collections::BTreeMap<String, &'static str>,
     capacity: u32,
+    lookup: &'static str,
 }
 
 /// Runs the parsed command line.
@@ -330,6 +335,7 @@ pub fn run(cli: Cli) -> Result<()> {
             xdp_mode,
             monitor,
             capacity,
+            lookup,
             always_allow,
         } => {
             // The daemon owns the policy of its pins: changing it here would go behind its back.
@@ -353,6 +359,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 xdp_mode,
                 monitor,
                 capacity,
+                lookup,
                 always_allow: always_allow.as_deref().map(parse_prefixes).transpose()?,
             };
             let report = operations::attach(&layout, &options)?;
@@ -645,6 +652,7 @@ fn show(layout: &PinLayout, json: bool) -> Result<()> {
             .map(|(name, mode)| (name.clone(), mode.as_str()))
             .collect(),
         capacity: filter.capacity(),
+        lookup: filter.lookup().name(),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -659,6 +667,7 @@ fn show(layout: &PinLayout, json: bool) -> Result<()> {
         }
     );
     println!("mode:         {}", out.mode);
+    println!("lookup:       {}", out.lookup);
     println!(
         "ports:        {}",
         out.ports
@@ -724,5 +733,16 @@ impl clap::ValueEnum for XdpModeChoice {
 
     fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
         Some(clap::builder::PossibleValue::new(self.as_str()).help(self.help()))
+    }
+}
+
+/// `--lookup` values come from the policy layer's names, so the flag and the config key agree.
+impl clap::ValueEnum for Lookup {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()).help(self.help()))
     }
 }

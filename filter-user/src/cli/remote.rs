@@ -152,6 +152,7 @@ pub fn print_show(show: &ShowReply, json: bool) -> Result<()> {
         }
     );
     println!("mode:         {}", show.mode.as_str());
+    println!("lookup:       {}", show.lookup.name());
     println!(
         "ports:        {}",
         join(show.ports.iter().map(ToString::to_string).collect())

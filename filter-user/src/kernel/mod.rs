@@ -12,3 +12,4 @@ pub mod netns;
 pub mod operations;
 pub mod paths;
 pub mod program;
+pub mod table_maps;

@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use filter_common::{
     RuleId,
     table::{
-        CHUNK_POSITIONS, CHUNKS_PER_NODE, Chunk, ENTRY_CHILD, MAX_CHUNKS, MAX_RULE_ID,
-        ROOT_ENTRIES, TableRead, child, leaf, lookup, root_base,
+        CHILD_INDEX_MASK, CHILD_MASK_SHIFT, CHUNK_POSITIONS, CHUNKS_PER_NODE, Chunk, ENTRY_CHILD,
+        MAX_CHUNKS, MAX_RULE_ID, ROOT_ENTRIES, TableRead, child, leaf, lookup, root_base,
     },
 };
 use ipnet::IpNet;
@@ -294,6 +294,66 @@ impl Table {
             });
         }
         Ok(child(mask, first as u32))
+    }
+
+    /// The table stored in a region's memory: `roots` (IPv4 then IPv6), and the region's
+    /// whole chunk and entry arrays. Only what the roots reach is kept; the used part ends
+    /// after the last chunk and entry reachable from them (later ones are garbage a patch may
+    /// overwrite). Indices outside the region end the walk there.
+    pub fn from_memory(region: Region, roots: &[u32], chunks: &[Chunk], entries: &[u32]) -> Self {
+        let mut chunk_end = 0usize;
+        let mut entry_end = 0usize;
+        let mut pending: Vec<u32> = roots
+            .iter()
+            .copied()
+            .filter(|e| e & ENTRY_CHILD != 0)
+            .collect();
+        // Each stored chunk is reached once in a well-formed table; the bound keeps a damaged
+        // one from looping.
+        let mut budget = roots.len() + chunks.len();
+        while let Some(node) = pending.pop() {
+            budget = match budget.checked_sub(1) {
+                Some(left) => left,
+                None => break,
+            };
+            let mask = (node >> CHILD_MASK_SHIFT) & 0xf;
+            let Some(first) = (node & CHILD_INDEX_MASK).checked_sub(region.chunk_origin) else {
+                continue;
+            };
+            for k in 0..mask.count_ones() as usize {
+                let Some(chunk) = chunks.get(first as usize + k) else {
+                    break;
+                };
+                chunk_end = chunk_end.max(first as usize + k + 1);
+                let Some(base) = chunk.base.checked_sub(region.entry_origin) else {
+                    continue;
+                };
+                let runs = chunk.runs.count_ones() as usize;
+                for e in entries.iter().skip(base as usize).take(runs) {
+                    if e & ENTRY_CHILD != 0 {
+                        pending.push(*e);
+                    }
+                }
+                entry_end = entry_end.max((base as usize + runs).min(entries.len()));
+            }
+        }
+        Self {
+            region,
+            roots: roots.to_vec(),
+            chunks: chunks[..chunk_end].to_vec(),
+            entries: entries[..entry_end].to_vec(),
+        }
+    }
+
+    /// A region's memory taken whole, as the starting point of a diff when nothing is known
+    /// about what it holds: every element that differs from the new table is then written.
+    pub fn raw(region: Region, roots: &[u32], chunks: &[Chunk], entries: &[u32]) -> Self {
+        Self {
+            region,
+            roots: roots.to_vec(),
+            chunks: chunks.to_vec(),
+            entries: entries.to_vec(),
+        }
     }
 
     /// The region the table was built for.
@@ -612,8 +672,19 @@ mod tests {
             let mut written = before.clone();
             written.apply(&TableDiff::between(&before, &after));
             prop_assert_eq!(&written, &after);
-            // Patching again from the patched table (garbage in the region) still agrees.
-            let again = after.patch(&next, &old).expect("fits");
+            // Reading the patched table back from region memory (with garbage after it) gives
+            // the same table, and patching again from it still agrees.
+            let mut chunk_memory = after.chunks().to_vec();
+            chunk_memory.resize(after.chunks().len() + 7, Chunk { runs: 1, base: 3, inherited: 9 });
+            let mut entry_memory = after.entries().to_vec();
+            entry_memory.resize(after.entries().len() + 5, 77);
+            let read = Table::from_memory(REGION, after.roots(), &chunk_memory, &entry_memory);
+            // What nothing reaches any more (a removed bucket at the end) may be left out.
+            prop_assert_eq!(read.roots(), after.roots());
+            prop_assert!(after.chunks().starts_with(read.chunks()));
+            prop_assert!(after.entries().starts_with(read.entries()));
+            assert_agrees(&read, &next, &addresses);
+            let again = read.patch(&next, &old).expect("fits");
             assert_agrees(&again, &old, &addresses);
         }
     }
