@@ -100,8 +100,16 @@ fn every_layer_imports_only_from_layers_below_it() {
             }
         }
     }
-    assert!(checked >= 30, "only {checked} modules found under {}", src.display());
-    assert!(upward.is_empty(), "imports against the layering:\n{}", upward.join("\n"));
+    assert!(
+        checked >= 30,
+        "only {checked} modules found under {}",
+        src.display()
+    );
+    assert!(
+        upward.is_empty(),
+        "imports against the layering:\n{}",
+        upward.join("\n")
+    );
 }
 
 #[test]
