@@ -29,9 +29,9 @@
 //!   a run of its own (child entries are unique). BPF has no popcount instruction; [`popcount64`]
 //!   is the usual SWAR sequence (about a dozen ALU instructions, no loads).
 //!
-//! A lookup touches the root, then per level one chunk and one entry: at most 5 dependent
-//! loads for IPv4 (root, chunk, entry, chunk, entry) and the loop never runs more than
-//! `address bytes - 2` times. All three arrays are `BPF_MAP_TYPE_ARRAY`s read through
+//! A lookup touches the root, then per level one chunk and one entry, and at most one tail
+//! (below): at most 6 dependent loads for IPv4 (root, chunk, entry, chunk, entry, tail) and
+//! the loop never runs more than `address bytes - 2` times. All three arrays are `BPF_MAP_TYPE_ARRAY`s read through
 //! `bpf_map_lookup_elem` on a constant map, which the verifier inlines into a bounds check and
 //! an address computation: no helper call, no pointer chasing through kernel objects.
 //!
@@ -190,12 +190,70 @@ pub fn lookup<T: TableRead + ?Sized, const N: usize>(
     let top = (u32::from(addr[0]) << 8) | u32::from(addr[1]);
     let mut entry = table.root(roots + top)?;
     for &byte in addr.iter().skip(2) {
-        if entry & ENTRY_CHILD == 0 {
+        if entry & ENTRY_CHILD == 0 || is_tail(entry) {
             break;
         }
         entry = step(table, entry, byte)?;
     }
+    if is_tail(entry) {
+        entry = resolve_tail(table, entry, address_words(addr))?;
+    }
     rule_of(entry)
+}
+
+/// Whether `entry` points to a tail (a child entry with an empty chunk mask).
+#[inline(always)]
+pub const fn is_tail(entry: u32) -> bool {
+    entry & ENTRY_CHILD != 0 && (entry >> CHILD_MASK_SHIFT) & 0xf == 0
+}
+
+/// Tail entry for the record at chunks `first` and `first + 1`.
+pub const fn tail(first: u32) -> u32 {
+    child(0, first)
+}
+
+/// The address as two big-endian `u64` words (IPv4: its 4 bytes at the top of the first).
+#[inline(always)]
+pub fn address_words<const N: usize>(addr: &[u8; N]) -> [u64; 2] {
+    let mut words = [0u64; 2];
+    for (i, byte) in addr.iter().enumerate() {
+        if let Some(word) = words.get_mut(i / 8) {
+            *word |= u64::from(*byte) << (56 - 8 * (i % 8));
+        }
+    }
+    words
+}
+
+/// Mask of the first `len` bits of a 128-bit address as two words.
+#[inline(always)]
+pub const fn prefix_mask(len: u32) -> [u64; 2] {
+    let hi = if len >= 64 {
+        u64::MAX
+    } else if len == 0 {
+        0
+    } else {
+        u64::MAX << (64 - len)
+    };
+    let lo = if len <= 64 {
+        0
+    } else if len >= 128 {
+        u64::MAX
+    } else {
+        u64::MAX << (128 - len)
+    };
+    [hi, lo]
+}
+
+/// The entry a tail gives `words`: the tail's prefix entry when the address is inside the
+/// prefix, else the inherited entry. Two independent loads, no loop.
+#[inline(always)]
+pub fn resolve_tail<T: TableRead + ?Sized>(table: &T, entry: u32, words: [u64; 2]) -> Option<u32> {
+    let first = entry & CHILD_INDEX_MASK;
+    let head = table.chunk(first)?;
+    let rest = table.chunk(first + 1)?;
+    let mask = prefix_mask(rest.base);
+    let inside = (words[0] ^ head.runs) & mask[0] == 0 && (words[1] ^ rest.runs) & mask[1] == 0;
+    Some(if inside { head.base } else { head.inherited })
 }
 
 #[cfg(test)]
@@ -229,6 +287,21 @@ mod tests {
         let c = child(0b1010, 12345);
         assert_eq!((c >> CHILD_MASK_SHIFT) & 0xf, 0b1010);
         assert_eq!(c & CHILD_INDEX_MASK, 12345);
+    }
+
+    #[test]
+    fn prefix_masks_cover_exactly_the_prefix() {
+        assert_eq!(prefix_mask(0), [0, 0]);
+        assert_eq!(prefix_mask(1), [1 << 63, 0]);
+        assert_eq!(prefix_mask(64), [u64::MAX, 0]);
+        assert_eq!(prefix_mask(65), [u64::MAX, 1 << 63]);
+        assert_eq!(prefix_mask(128), [u64::MAX, u64::MAX]);
+        assert_eq!(address_words(&[1u8, 2, 3, 4]), [0x0102_0304_0000_0000, 0]);
+        let mut v6 = [0u8; 16];
+        v6[15] = 9;
+        v6[0] = 0x20;
+        assert_eq!(address_words(&v6), [0x2000_0000_0000_0000, 9]);
+        assert!(is_tail(tail(5)) && !is_tail(child(1, 5)) && !is_tail(leaf(3)));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use filter_common::{
     RuleId,
     table::{
         CHILD_INDEX_MASK, CHILD_MASK_SHIFT, CHUNK_POSITIONS, CHUNKS_PER_NODE, Chunk, ENTRY_CHILD,
-        MAX_CHUNKS, MAX_RULE_ID, ROOT_ENTRIES, TableRead, child, leaf, lookup, root_base,
+        MAX_CHUNKS, MAX_RULE_ID, address_words, is_tail, tail, ROOT_ENTRIES, TableRead, child, leaf, lookup, root_base,
     },
 };
 use ipnet::IpNet;
@@ -168,7 +168,7 @@ impl Table {
             table.roots[offset..offset + ROOT_ENTRIES as usize].copy_from_slice(&family.painted);
             for (bucket, group) in &family.deep {
                 let inherited = family.painted[*bucket];
-                table.roots[offset + bucket] = table.build_node(2, group, inherited)?;
+                table.roots[offset + bucket] = table.build_below(2, group, inherited)?;
             }
         }
         Ok(table)
@@ -209,12 +209,55 @@ impl Table {
                     continue;
                 }
                 self.roots[offset + bucket] = match group {
-                    Some(group) => self.build_node(2, group, inherited)?,
+                    Some(group) => self.build_below(2, group, inherited)?,
                     None => inherited,
                 };
             }
         }
         Ok(())
+    }
+
+    /// The entry for a position whose address bytes below `byte` hold `prefixes`: a tail when
+    /// there is just one, else a node.
+    fn build_below(
+        &mut self,
+        byte: usize,
+        prefixes: &[Prefix],
+        inherited: u32,
+    ) -> Result<u32, TableError> {
+        match prefixes {
+            [single] => self.build_tail(single, inherited),
+            _ => self.build_node(byte, prefixes, inherited),
+        }
+    }
+
+    /// A tail record for `prefix` (see `filter_common::table`): two chunks.
+    fn build_tail(&mut self, prefix: &Prefix, inherited: u32) -> Result<u32, TableError> {
+        if self.chunks.len() + 2 > self.region.chunk_capacity as usize {
+            return Err(TableError::Full {
+                what: "chunks",
+                capacity: self.region.chunk_capacity,
+            });
+        }
+        let first = self.region.chunk_origin as usize + self.chunks.len();
+        if first + 1 >= MAX_CHUNKS as usize {
+            return Err(TableError::Full {
+                what: "chunks",
+                capacity: MAX_CHUNKS,
+            });
+        }
+        let words = address_words(&prefix.addr);
+        self.chunks.push(Chunk {
+            runs: words[0],
+            base: prefix.entry,
+            inherited,
+        });
+        self.chunks.push(Chunk {
+            runs: words[1],
+            base: u32::from(prefix.len),
+            inherited: 0,
+        });
+        Ok(tail(first as u32))
     }
 
     /// Builds the node for address byte `byte` of `prefixes` (all longer than `8 * byte`
@@ -320,6 +363,10 @@ impl Table {
             let Some(first) = (node & CHILD_INDEX_MASK).checked_sub(region.chunk_origin) else {
                 continue;
             };
+            if is_tail(node) {
+                chunk_end = chunk_end.max((first as usize + 2).min(chunks.len()));
+                continue;
+            }
             for k in 0..mask.count_ones() as usize {
                 let Some(chunk) = chunks.get(first as usize + k) else {
                     break;
@@ -736,7 +783,8 @@ mod tests {
 
     #[test]
     fn at_capacity_fits_and_one_more_chunk_is_an_error() {
-        // Four /32s in four different /16s and /24s: each needs 2 nodes of one chunk.
+        // Four /32s in four different /16s: each is a lone prefix under its root, a tail of
+        // two chunks.
         let prefixes: Vec<(IpNet, RuleId)> = (0..4u32)
             .map(|i| (net(&format!("10.{i}.0.1/32")), i))
             .collect();
