@@ -15,6 +15,8 @@
 //! addresses in trie keys are in network byte order, exactly as on the wire.
 #![no_std]
 
+pub mod table;
+
 /// Number of policy slots (double buffering).
 pub const SLOT_COUNT: u32 = 2;
 
@@ -53,8 +55,20 @@ pub const MAP_DENY_RATE: &str = "DENY_RATE";
 /// loader reads and writes it; the program never touches it.
 pub const MAP_POLICY: &str = "POLICY";
 
+/// `TABLE_ROOTS` array map of [`table::EntryPair`]s ([`table`] encoding): the compiled
+/// table's root level, [`table::ROOT_ENTRIES`] per family and slot, at [`table::root_base`]. Loader writes
+/// the inactive slot's region; the program reads it when the compiled lookup is selected.
+pub const MAP_TABLE_ROOTS: &str = "TABLE_ROOTS";
+/// `TABLE_CHUNKS` array map of [`table::Chunk`]s: slot `s` owns entries
+/// `s * table_chunks_per_slot(c) ..` of the next [`table_chunks_per_slot`] entries. Loader
+/// writes the inactive slot's region.
+pub const MAP_TABLE_CHUNKS: &str = "TABLE_CHUNKS";
+/// `TABLE_ENTRIES` array map of [`table::EntryPair`]s ([`table`] encoding),
+/// [`table_entries_per_slot`] entries per slot, slot 0 first. Loader writes the inactive slot's region.
+pub const MAP_TABLE_ENTRIES: &str = "TABLE_ENTRIES";
+
 /// Every map the program defines, in a stable order (pin names under the bpffs directory).
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 15] = [
     MAP_ACTIVE_SLOT,
     MAP_SLOT_CONFIG,
     MAP_PORTS,
@@ -62,6 +76,9 @@ pub const ALL_MAPS: [&str; 12] = [
     MAP_V4_SLOT1,
     MAP_V6_SLOT0,
     MAP_V6_SLOT1,
+    MAP_TABLE_ROOTS,
+    MAP_TABLE_CHUNKS,
+    MAP_TABLE_ENTRIES,
     MAP_VERDICTS,
     MAP_RULE_HITS,
     MAP_POLICY,
@@ -71,6 +88,41 @@ pub const ALL_MAPS: [&str; 12] = [
 
 /// Name of the XDP program (the `#[xdp]` function) in the object file.
 pub const PROGRAM_NAME: &str = "apifence";
+
+/// Name of the program's load-time constant (a global `u32` in `.rodata`) that selects the
+/// lookup: [`LOOKUP_COMPILED`] or [`LOOKUP_LPM_TRIE`]. The verifier sees its value, so the
+/// lookup not selected is dead code it never walks.
+pub const GLOBAL_LOOKUP: &str = "LOOKUP";
+/// [`GLOBAL_LOOKUP`]: the compiled table ([`table`]); the default.
+pub const LOOKUP_COMPILED: u32 = 0;
+/// [`GLOBAL_LOOKUP`]: the kernel's LPM tries.
+pub const LOOKUP_LPM_TRIE: u32 = 1;
+
+/// `max_entries` of [`MAP_TABLE_CHUNKS`] and [`MAP_TABLE_ENTRIES`] when the LPM-trie lookup is
+/// selected: the table is not used, and the pins say which lookup they were made for.
+pub const TABLE_ELEMENTS_UNUSED: u32 = 1;
+
+/// Chunks of the compiled table per slot (both families) for a capacity of `capacity`
+/// prefixes per family: every /16 of the roots may hold a node of four chunks (for lists
+/// that spread over all of IPv4), and half a chunk per prefix beyond that covers prefixes
+/// longer than /24 (IPv4) and IPv6 nodes. A list that needs more is refused with an error
+/// that says to raise `--capacity` or use the LPM trie.
+pub const fn table_chunks_per_slot(capacity: u32) -> u32 {
+    let spread = if capacity < table::ROOT_ENTRIES {
+        capacity
+    } else {
+        table::ROOT_ENTRIES
+    };
+    capacity / 2 + table::CHUNKS_PER_NODE * spread
+}
+
+/// Entries of the compiled table per slot (both families) for `capacity`: a prefix adds at
+/// most two runs to the node it ends in (itself and what follows it) plus one child entry
+/// per level it passes, and each chunk starts a run.
+/// Always even, so each slot's region starts on a whole [`table::EntryPair`].
+pub const fn table_entries_per_slot(capacity: u32) -> u32 {
+    (3 * capacity + table_chunks_per_slot(capacity) + 1) & !1
+}
 
 /// Default capacity of each LPM trie, in prefixes per address family.
 pub const DEFAULT_CAPACITY: u32 = 65_536;
@@ -214,6 +266,7 @@ mod pod {
     unsafe impl aya::Pod for super::Ipv6Key {}
     unsafe impl aya::Pod for super::DenyEvent {}
     unsafe impl aya::Pod for super::DenyRate {}
+    unsafe impl aya::Pod for super::table::Chunk {}
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! value layouts are documented in `filter_common` next to the `MAP_*` constants.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -10,9 +10,16 @@ use aya_ebpf::{
 use filter_common::{
     COMPILED_TRIE_CAPACITY, COUNTER_COUNT, COUNTER_DENY_EVENTS_SUPPRESSED,
     DENY_EVENTS_PER_SEC_PER_CPU, DENY_EVENTS_RING_BYTES, DenyEvent, DenyRate, Ipv4Bytes, Ipv6Bytes,
-    POLICY_MAP_ENTRIES, PORT_WORDS_PER_SLOT, PolicyChunk, RuleId, SLOT_COUNT, SlotConfig,
-    rule_capacity,
+    LOOKUP_COMPILED, POLICY_MAP_ENTRIES, PORT_WORDS_PER_SLOT, PolicyChunk, RuleId, SLOT_COUNT,
+    SlotConfig, rule_capacity,
+    table::{self, Chunk, EntryPair, ROOT_MAP_ENTRIES, TableRead},
 };
+
+/// Which lookup judges sources (`filter_common::GLOBAL_LOOKUP`): a load-time constant in
+/// `.rodata` that the loader sets with `EbpfLoader::set_global`. The verifier knows its value,
+/// so the other lookup is pruned as dead code.
+#[unsafe(no_mangle)]
+static LOOKUP: u32 = LOOKUP_COMPILED;
 
 /// Index (0 or 1) of the slot packets are judged against; entry 0 only. Loader writes.
 #[map]
@@ -41,6 +48,50 @@ static V6_SLOT0: LpmTrie<Ipv6Bytes, RuleId> = LpmTrie::pinned(COMPILED_TRIE_CAPA
 /// Authorized IPv6 prefixes of slot 1 → rule id.
 #[map]
 static V6_SLOT1: LpmTrie<Ipv6Bytes, RuleId> = LpmTrie::pinned(COMPILED_TRIE_CAPACITY, 0);
+
+/// Compiled table, root level (`filter_common::table`), both slots and families. Loader writes
+/// the inactive slot's region; userspace may also `mmap` it (`BPF_F_MMAPABLE`).
+#[map]
+static TABLE_ROOTS: Array<EntryPair> = Array::pinned(ROOT_MAP_ENTRIES / 2, BPF_F_MMAPABLE);
+
+/// Compiled table, chunks of both slots (slot 0's region first). Capacity set at attach.
+#[map]
+static TABLE_CHUNKS: Array<Chunk> = Array::pinned(1, BPF_F_MMAPABLE);
+
+/// Compiled table, entries of both slots (slot 0's region first). Capacity set at attach.
+#[map]
+static TABLE_ENTRIES: Array<EntryPair> = Array::pinned(1, BPF_F_MMAPABLE);
+
+/// The compiled table as the shared walk reads it: each access one inlined array lookup.
+struct Compiled;
+
+impl TableRead for Compiled {
+    #[inline(always)]
+    fn root(&self, index: u32) -> Option<u32> {
+        TABLE_ROOTS
+            .get(index >> 1)
+            .map(|pair| table::half(pair, index))
+    }
+
+    #[inline(always)]
+    fn chunk(&self, index: u32) -> Option<Chunk> {
+        TABLE_CHUNKS.get(index).copied()
+    }
+
+    #[inline(always)]
+    fn entry(&self, index: u32) -> Option<u32> {
+        TABLE_ENTRIES
+            .get(index >> 1)
+            .map(|pair| table::half(pair, index))
+    }
+}
+
+/// Whether the compiled table is the selected lookup.
+#[inline(always)]
+fn compiled_lookup() -> bool {
+    // SAFETY: reads a plain `u32` static; volatile so the compiler can't fold the default.
+    unsafe { core::ptr::read_volatile(&LOOKUP) == LOOKUP_COMPILED }
+}
 
 /// Per-CPU verdict counters indexed by `COUNTER_*`. Program writes, loader reads.
 #[map]
@@ -93,6 +144,9 @@ pub fn port_protected(slot: u32, port: u16) -> bool {
 /// The rule id of the longest authorized IPv4 prefix of `slot` holding `addr`.
 #[inline(always)]
 pub fn lookup_v4(slot: u32, addr: Ipv4Bytes) -> Option<RuleId> {
+    if compiled_lookup() {
+        return table::lookup(&Compiled, table::root_base(slot, false), &addr);
+    }
     let key = Key::new(32, addr);
     let rule = if slot == 0 {
         V4_SLOT0.get(&key)
@@ -105,6 +159,9 @@ pub fn lookup_v4(slot: u32, addr: Ipv4Bytes) -> Option<RuleId> {
 /// The rule id of the longest authorized IPv6 prefix of `slot` holding `addr`.
 #[inline(always)]
 pub fn lookup_v6(slot: u32, addr: Ipv6Bytes) -> Option<RuleId> {
+    if compiled_lookup() {
+        return table::lookup(&Compiled, table::root_base(slot, true), &addr);
+    }
     let key = Key::new(128, addr);
     let rule = if slot == 0 {
         V6_SLOT0.get(&key)

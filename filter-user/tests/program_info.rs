@@ -3,7 +3,7 @@
 //! 5.16+), instructions after its rewrites, and the JIT's output size. `cargo xtask vm-test`
 //! runs this on every kernel of the matrix and reports the printed figures per kernel.
 
-use apifence::{paths::PinLayout, policy::Policy};
+use apifence::{kernel::paths::PinLayout, policy::Policy};
 use apifence_tests::{bpffs::Bpffs, require_privileges};
 use aya::programs::ProgramInfo;
 

@@ -1,11 +1,12 @@
 //! Verdict table: hand-built frames for every parse path run through `BPF_PROG_TEST_RUN`
-//! against the real program and real maps, checking the XDP action and the counters.
+//! against the real program and real maps, checking the XDP action and the counters, with
+//! each lookup (the compiled table and the LPM trie).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use apifence::{
     kernel::operations::{Filter, Stats},
-    policy::{Mode, Policy},
+    policy::{Lookup, Mode, Policy},
 };
 use apifence_tests::{
     frame::{ExtHeader, Frame},
@@ -67,7 +68,7 @@ fn malformed(name: &'static str, frame: Frame, action: u32, counted: Counted) ->
 impl Lab {
     /// Runs the case and checks its action and that exactly the expected counters moved.
     fn check(&self, case: &Case) {
-        let name = case.name;
+        let name = format!("{} ({})", case.name, self.lookup.name());
         let before = self.stats();
         let got = self.run(&case.frame);
         let after = self.stats();
@@ -117,8 +118,14 @@ fn verdict_table_enforce() {
     if !require_privileges("verdict_table_enforce") {
         return;
     }
+    for lookup in Lookup::ALL {
+        verdict_table_enforce_with(lookup);
+    }
+}
+
+fn verdict_table_enforce_with(lookup: Lookup) {
     use Counted::*;
-    let lab = Lab::new(policy(RANGES, Mode::Enforce));
+    let lab = Lab::with_lookup(lookup, policy(RANGES, Mode::Enforce));
     let nine_ext = (0..9).fold(tcp6(STRANGER6, 8080), |f, _| f.ext(ExtHeader::dest_opts()));
     let table = vec![
         case(
@@ -327,8 +334,14 @@ fn monitor_mode_passes_and_counts_would_drop() {
     if !require_privileges("monitor_mode_passes_and_counts_would_drop") {
         return;
     }
+    for lookup in Lookup::ALL {
+        monitor_mode_passes_and_counts_would_drop_with(lookup);
+    }
+}
+
+fn monitor_mode_passes_and_counts_would_drop_with(lookup: Lookup) {
     use Counted::*;
-    let lab = Lab::new(policy(RANGES, Mode::Monitor));
+    let lab = Lab::with_lookup(lookup, policy(RANGES, Mode::Monitor));
     lab.check(&case("stranger", tcp4(STRANGER, 6443), XDP_PASS, WouldDrop));
     lab.check(&case(
         "authorized",
@@ -349,8 +362,14 @@ fn disabled_list_passes_everything_still_counted() {
     if !require_privileges("disabled_list_passes_everything_still_counted") {
         return;
     }
+    for lookup in Lookup::ALL {
+        disabled_list_passes_everything_still_counted_with(lookup);
+    }
+}
+
+fn disabled_list_passes_everything_still_counted_with(lookup: Lookup) {
     use Counted::*;
-    let lab = Lab::new(policy("", Mode::Enforce));
+    let lab = Lab::with_lookup(lookup, policy("", Mode::Enforce));
     lab.check(&case("stranger", tcp4(STRANGER, 6443), XDP_PASS, Disabled));
     lab.check(&case(
         "other port",
@@ -365,8 +384,14 @@ fn only_always_allowed_blocks_everyone_else() {
     if !require_privileges("only_always_allowed_blocks_everyone_else") {
         return;
     }
+    for lookup in Lookup::ALL {
+        only_always_allowed_blocks_everyone_else_with(lookup);
+    }
+}
+
+fn only_always_allowed_blocks_everyone_else_with(lookup: Lookup) {
     use Counted::*;
-    let lab = Lab::new(policy("0.0.0.0/32", Mode::Enforce));
+    let lab = Lab::with_lookup(lookup, policy("0.0.0.0/32", Mode::Enforce));
     let formerly = case(
         "formerly authorized",
         tcp4(AUTHORIZED, 6443),
@@ -387,7 +412,13 @@ fn rule_hits_and_deny_events_name_the_range_and_the_source() {
     if !require_privileges("rule_hits_and_deny_events_name_the_range_and_the_source") {
         return;
     }
-    let lab = Lab::new(policy(RANGES, Mode::Enforce));
+    for lookup in Lookup::ALL {
+        rule_hits_and_deny_events_name_the_range_and_the_source_with(lookup);
+    }
+}
+
+fn rule_hits_and_deny_events_name_the_range_and_the_source_with(lookup: Lookup) {
+    let lab = Lab::with_lookup(lookup, policy(RANGES, Mode::Enforce));
     for _ in 0..3 {
         assert_eq!(lab.run(&tcp4(AUTHORIZED, 443)), XDP_PASS);
     }

@@ -7,7 +7,7 @@ use super::{Context, remote};
 use crate::{
     daemon::protocol::{Reply, Request},
     kernel::operations::{self, AttachOptions},
-    policy::{XdpModeChoice, language::parse_prefixes, parse_ports},
+    policy::{Lookup, XdpModeChoice, language::parse_prefixes, parse_ports},
 };
 
 /// Shown after `apifence attach --help`.
@@ -32,6 +32,10 @@ pub struct AttachArgs {
     /// Prefixes per address family the filter can hold (fixed until `detach --all`).
     #[arg(long, value_name = "N")]
     capacity: Option<u32>,
+    /// How sources are looked up: the table compiled into array maps (fast at any list
+    /// size) or the kernel's LPM trie (the fallback). Fixed until `detach --all`.
+    #[arg(long, value_enum, value_name = "LOOKUP")]
+    lookup: Option<Lookup>,
     /// Sources that are never blocked (egress/NAT IPs, load-balancer outbound, jump hosts).
     #[arg(long, value_name = "LIST")]
     always_allow: Option<String>,
@@ -61,6 +65,7 @@ pub fn run(context: &Context, args: AttachArgs) -> Result<()> {
         xdp_mode: args.xdp_mode,
         monitor: args.monitor,
         capacity: args.capacity,
+        lookup: args.lookup,
         always_allow: args
             .always_allow
             .as_deref()

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     kernel::paths::{DEFAULT_BPFFS_DIR, DEFAULT_SOCKET, PinLayout},
-    policy::XdpModeChoice,
+    policy::{Lookup, XdpModeChoice},
 };
 
 mod attach;
@@ -135,5 +135,16 @@ impl clap::ValueEnum for XdpModeChoice {
 
     fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
         Some(clap::builder::PossibleValue::new(self.as_str()).help(self.help()))
+    }
+}
+
+/// `--lookup` values come from the policy layer's names, so the flag and the config key agree.
+impl clap::ValueEnum for Lookup {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()).help(self.help()))
     }
 }

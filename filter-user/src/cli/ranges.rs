@@ -205,6 +205,7 @@ struct ShowJson {
     mode: &'static str,
     interfaces: BTreeMap<String, &'static str>,
     capacity: u32,
+    lookup: &'static str,
 }
 
 /// `ranges show` from the pins.
@@ -235,6 +236,7 @@ fn show(context: &Context, json: bool) -> Result<()> {
             .map(|(name, mode)| (name.clone(), mode.as_str()))
             .collect(),
         capacity: filter.capacity(),
+        lookup: filter.lookup().name(),
     };
     if json {
         crate::outln!("{}", serde_json::to_string_pretty(&out)?);
@@ -260,6 +262,7 @@ fn show(context: &Context, json: bool) -> Result<()> {
         .collect();
     crate::outln!("filtering:    {filtering}");
     crate::outln!("mode:         {}", out.mode);
+    crate::outln!("lookup:       {}", out.lookup);
     crate::outln!("ports:        {}", ports.join(", "));
     crate::outln!("interfaces:   {}", interfaces.join(", "));
     crate::outln!("always allow: {}", joined(&out.always_allow));

@@ -158,6 +158,7 @@ pub fn print_show(show: &ShowReply, json: bool) -> Result<()> {
         }
     );
     crate::outln!("mode:         {}", show.mode.as_str());
+    crate::outln!("lookup:       {}", show.lookup.name());
     crate::outln!(
         "ports:        {}",
         join(show.ports.iter().map(ToString::to_string).collect())

@@ -14,6 +14,7 @@
 //! always_allow = ["198.51.100.7"]
 //! service_tags_file = "/etc/apifence/ServiceTags_Public.json"
 //! capacity = 65536
+//! lookup = "compiled"               # compiled | lpm-trie
 //! bpffs = "/sys/fs/bpf/apifence"
 //! state_dir = "/var/lib/apifence"
 //! socket = "/run/apifence/apifence.sock"
@@ -36,11 +37,11 @@ use crate::{
     daemon::desired::{Authorized, RangeEntry, parse_single},
     kernel::names::{NameError, check_interface},
     kernel::paths::{DEFAULT_BPFFS_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR},
-    policy::XdpModeChoice,
     policy::echo::escape,
     policy::language::{Entry, ONLY_ALWAYS_ALLOWED, RangeError},
     policy::suggest::did_you_mean,
     policy::{DEFAULT_PORTS, Mode},
+    policy::{Lookup, XdpModeChoice},
 };
 
 /// Default number of per-range hit series (`metrics_ranges`).
@@ -55,7 +56,7 @@ pub const MAX_CAPACITY: u32 = 1 << 24;
 pub const MAX_SOCKET_PATH: usize = 107;
 
 /// Every key of the file, each with an example line used in error messages.
-pub const KEYS: [(&str, &str); 14] = [
+pub const KEYS: [(&str, &str); 15] = [
     ("interfaces", r#"interfaces = ["eth0"]"#),
     ("ports", "ports = [443, 6443]"),
     ("xdp_mode", r#"xdp_mode = "auto""#),
@@ -71,6 +72,7 @@ pub const KEYS: [(&str, &str); 14] = [
         r#"service_tags_file = "/etc/apifence/ServiceTags_Public.json""#,
     ),
     ("capacity", "capacity = 65536"),
+    ("lookup", r#"lookup = "compiled""#),
     ("bpffs", r#"bpffs = "/sys/fs/bpf/apifence""#),
     ("state_dir", r#"state_dir = "/var/lib/apifence""#),
     ("socket", r#"socket = "/run/apifence/apifence.sock""#),
@@ -114,6 +116,8 @@ pub struct RawConfig {
     pub service_tags_file: Option<Value>,
     /// `capacity`.
     pub capacity: Option<Value>,
+    /// `lookup`.
+    pub lookup: Option<Value>,
     /// `bpffs`.
     pub bpffs: Option<Value>,
     /// `state_dir`.
@@ -170,6 +174,8 @@ pub struct Config {
     pub service_tags_file: Option<PathBuf>,
     /// Prefixes per address family the maps hold, fixed at the first attach. Default: 65,536.
     pub capacity: u32,
+    /// How sources are looked up, fixed at the first attach. Default: the compiled table.
+    pub lookup: Lookup,
     /// bpffs directory of the pins. Default: `/sys/fs/bpf/apifence`.
     pub bpffs: PathBuf,
     /// Durable daemon state. Default: `/var/lib/apifence`.
@@ -195,6 +201,7 @@ impl Default for Config {
             always_allow: Vec::new(),
             service_tags_file: None,
             capacity: DEFAULT_CAPACITY,
+            lookup: Lookup::Compiled,
             bpffs: PathBuf::from(DEFAULT_BPFFS_DIR),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             socket: PathBuf::from(DEFAULT_SOCKET),
@@ -549,6 +556,12 @@ pub fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
                     "metrics_ranges",
                 ));
             }
+        };
+    }
+    if let Some(value) = raw.lookup {
+        config.lookup = match choice("lookup", value, r#""compiled", "lpm-trie""#)?.as_str() {
+            "compiled" => Lookup::Compiled,
+            _ => Lookup::LpmTrie,
         };
     }
     if let Some(value) = raw.bpffs {
@@ -958,6 +971,7 @@ authorized_ranges = ["73.140.245.0/24", "2001:db8::/32", "AzureDevOps",
 always_allow = ["198.51.100.7"]
 service_tags_file = "/etc/apifence/ServiceTags_Public.json"
 capacity = 65536
+lookup = "compiled"               # compiled | lpm-trie
 bpffs = "/sys/fs/bpf/apifence"
 state_dir = "/var/lib/apifence"
 socket = "/run/apifence/apifence.sock"
@@ -1051,11 +1065,11 @@ metrics_ranges = 10               # per-range hit series (top by hits, rest as "
             ),
             (
                 "intefaces = [\"eth0\"]",
-                "unknown key \"intefaces\"; did you mean \"interfaces\"?; the keys are interfaces, ports, xdp_mode, mode, ranges_from, authorized_ranges, always_allow, service_tags_file, capacity, bpffs, state_dir, socket, metrics, metrics_ranges",
+                "unknown key \"intefaces\"; did you mean \"interfaces\"?; the keys are interfaces, ports, xdp_mode, mode, ranges_from, authorized_ranges, always_allow, service_tags_file, capacity, lookup, bpffs, state_dir, socket, metrics, metrics_ranges",
             ),
             (
                 "color = 1",
-                "unknown key \"color\"; the keys are interfaces, ports, xdp_mode, mode, ranges_from, authorized_ranges, always_allow, service_tags_file, capacity, bpffs, state_dir, socket, metrics, metrics_ranges",
+                "unknown key \"color\"; the keys are interfaces, ports, xdp_mode, mode, ranges_from, authorized_ranges, always_allow, service_tags_file, capacity, lookup, bpffs, state_dir, socket, metrics, metrics_ranges",
             ),
             (
                 "interfaces = \"eth0\"",

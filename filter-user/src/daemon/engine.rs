@@ -240,6 +240,14 @@ impl Engine {
                      `apifence detach --all` and a restart"
                 );
             }
+            if filter.lookup() != self.config().lookup {
+                warn!(
+                    pinned = filter.lookup().name(),
+                    configured = self.config().lookup.name(),
+                    "lookup differs from the attached filter's; it takes effect after \
+                     `apifence detach --all` and a restart"
+                );
+            }
             drop(filter);
             // Under the writer lock, like every other change of the pins.
             let replaced = DirLock::acquire(self.layout.root())
@@ -312,6 +320,7 @@ impl Engine {
                 xdp_mode: config.xdp_mode,
                 monitor: policy.mode == Mode::Monitor,
                 capacity: Some(config.capacity),
+                lookup: Some(config.lookup),
                 always_allow: Some(policy.always_allow.clone()),
             },
         )?;
@@ -748,12 +757,14 @@ impl Engine {
         keep("metrics", new.metrics != old.metrics);
         keep("metrics_ranges", new.metrics_ranges != old.metrics_ranges);
         keep("capacity", new.capacity != old.capacity);
+        keep("lookup", new.lookup != old.lookup);
         new.bpffs.clone_from(&old.bpffs);
         new.state_dir.clone_from(&old.state_dir);
         new.socket.clone_from(&old.socket);
         new.metrics = old.metrics;
         new.metrics_ranges = old.metrics_ranges;
         new.capacity = old.capacity;
+        new.lookup = old.lookup;
         warnings
     }
 
@@ -783,6 +794,7 @@ impl Engine {
                 .map(|(name, mode)| (name.clone(), mode.as_str().to_string()))
                 .collect(),
             capacity: filter.capacity(),
+            lookup: filter.lookup(),
             source: self.config().ranges_from,
             config: self.config_path.clone(),
             entries: self

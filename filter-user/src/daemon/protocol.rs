@@ -288,6 +288,9 @@ pub struct ShowReply {
     pub interfaces: BTreeMap<String, String>,
     /// Trie capacity per family.
     pub capacity: u32,
+    /// Which lookup judges sources.
+    #[serde(default)]
+    pub lookup: crate::policy::Lookup,
     /// Who owns the list (`config` or `state`).
     pub source: RangesFrom,
     /// The config file.

@@ -8,8 +8,9 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use filter_common::{
-    ALL_MAPS, MAP_RULE_HITS, MAP_V4_SLOT0, MAP_V4_SLOT1, MAP_V6_SLOT0, MAP_V6_SLOT1, PROGRAM_NAME,
-    rule_capacity,
+    ALL_MAPS, GLOBAL_LOOKUP, MAP_RULE_HITS, MAP_TABLE_CHUNKS, MAP_TABLE_ENTRIES, MAP_V4_SLOT0,
+    MAP_V4_SLOT1, MAP_V6_SLOT0, MAP_V6_SLOT1, PROGRAM_NAME, TABLE_ELEMENTS_UNUSED, rule_capacity,
+    table_chunks_per_slot, table_entries_per_slot,
 };
 
 use crate::{
@@ -17,8 +18,9 @@ use crate::{
         names::{NameError, check_interface},
         paths::PinLayout,
         program::OBJECT,
+        table_maps::lookup_of_pins,
     },
-    policy::{AttachedMode, XdpModeChoice},
+    policy::{AttachedMode, Lookup, XdpModeChoice},
 };
 
 /// Loading or attaching failed.
@@ -86,16 +88,29 @@ pub fn is_loaded(layout: &PinLayout) -> bool {
     layout.program().exists()
 }
 
-/// Loads the embedded object with tries of `capacity` prefixes per family, reusing the maps
-/// pinned under `layout` (creating and pinning those that are missing), and loads its XDP
-/// program into the kernel (not pinned, not attached).
-fn load_embedded(layout: &PinLayout, capacity: u32) -> Result<Ebpf, AttachError> {
+/// Loads the embedded object with tries of `capacity` prefixes per family and the compiled
+/// table sized for it (or, for the LPM-trie lookup, table maps of one element), reusing the
+/// maps pinned under `layout` (creating and pinning those that are missing), and loads its
+/// XDP program into the kernel (not pinned, not attached) with `lookup` selected.
+fn load_embedded(layout: &PinLayout, capacity: u32, lookup: Lookup) -> Result<Ebpf, AttachError> {
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(layout.root());
     for trie in [MAP_V4_SLOT0, MAP_V4_SLOT1, MAP_V6_SLOT0, MAP_V6_SLOT1] {
         loader.map_max_entries(trie, capacity);
     }
     loader.map_max_entries(MAP_RULE_HITS, rule_capacity(capacity));
+    let (chunks, entry_pairs) = match lookup {
+        // Two slots of chunks; entries are stored two per element.
+        Lookup::Compiled => (
+            2 * table_chunks_per_slot(capacity),
+            table_entries_per_slot(capacity),
+        ),
+        Lookup::LpmTrie => (TABLE_ELEMENTS_UNUSED, TABLE_ELEMENTS_UNUSED),
+    };
+    loader.map_max_entries(MAP_TABLE_CHUNKS, chunks);
+    loader.map_max_entries(MAP_TABLE_ENTRIES, entry_pairs);
+    let global = lookup.global();
+    loader.override_global(GLOBAL_LOOKUP, &global, true);
     let mut ebpf = loader.load(OBJECT).map_err(AttachError::Load)?;
     embedded_program(&mut ebpf)?
         .load()
@@ -116,9 +131,9 @@ fn embedded_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, AttachError> {
 
 /// Loads the program and creates its maps (reusing any maps already pinned there, so a
 /// half-finished earlier attach loses nothing), pinning program and maps under `layout`.
-/// `capacity` sizes the tries of a fresh load.
-pub fn load_and_pin(layout: &PinLayout, capacity: u32) -> Result<(), AttachError> {
-    let mut ebpf = load_embedded(layout, capacity)?;
+/// `capacity` sizes the tries and tables of a fresh load; `lookup` selects the lookup.
+pub fn load_and_pin(layout: &PinLayout, capacity: u32, lookup: Lookup) -> Result<(), AttachError> {
+    let mut ebpf = load_embedded(layout, capacity, lookup)?;
     let program = embedded_program(&mut ebpf)?;
     program
         .pin(layout.program())
@@ -302,7 +317,12 @@ pub fn replace_program(layout: &PinLayout, force: bool) -> Result<Replacement, A
             "reading the capacity of",
             layout.map(MAP_V4_SLOT0),
         ))?;
-    let mut ebpf = load_embedded(layout, capacity)?;
+    let lookup = lookup_of_pins(layout).map_err(|source| AttachError::Pin {
+        action: "reading which lookup the maps were made for from",
+        path: layout.map(MAP_TABLE_CHUNKS),
+        source: std::io::Error::other(source),
+    })?;
+    let mut ebpf = load_embedded(layout, capacity, lookup)?;
     let program = embedded_program(&mut ebpf)?;
     let new = program
         .info()

@@ -17,7 +17,17 @@ use filter_common::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::{kernel::paths::PinLayout, policy::compile::CompiledSlot};
+use crate::{
+    kernel::{
+        paths::PinLayout,
+        table_maps::{TableMaps, TableMapsError, lookup_of_pins},
+    },
+    policy::{
+        Lookup,
+        compile::CompiledSlot,
+        lookup_table::{Table, TableDiff, TableError},
+    },
+};
 
 /// A map operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +55,12 @@ pub enum MapsError {
     /// The number of possible CPUs could not be read.
     #[error("reading the number of possible CPUs: {0}")]
     Cpus(#[source] std::io::Error),
+    /// The compiled table maps could not be mapped.
+    #[error(transparent)]
+    TableMaps(#[from] TableMapsError),
+    /// The list does not fit the compiled table.
+    #[error(transparent)]
+    Table(#[from] TableError),
     /// The stored policy record is larger than the map can hold.
     #[error("the policy record is {0} bytes, more than the policy map holds; use a shorter list")]
     RecordTooLarge(usize),
@@ -76,6 +92,8 @@ pub struct FilterMaps {
     verdicts: PerCpuArray<MapData, u64>,
     hits: PerCpuArray<MapData, u64>,
     records: HashMap<MapData, u32, PolicyChunk>,
+    /// The compiled table's maps; `None` when the filter uses the LPM tries.
+    table: Option<TableMaps>,
     trie_capacity: u32,
 }
 
@@ -127,8 +145,20 @@ impl FilterMaps {
             verdicts: open(layout, MAP_VERDICTS)?,
             hits: open(layout, MAP_RULE_HITS)?,
             records: open(layout, MAP_POLICY)?,
+            table: match lookup_of_pins(layout)? {
+                Lookup::Compiled => Some(TableMaps::open(layout)?),
+                Lookup::LpmTrie => None,
+            },
             trie_capacity,
         })
+    }
+
+    /// The lookup the program uses.
+    pub fn lookup(&self) -> Lookup {
+        match self.table {
+            Some(_) => Lookup::Compiled,
+            None => Lookup::LpmTrie,
+        }
     }
 
     /// Prefixes each trie holds at most (per family, per slot).
@@ -245,26 +275,19 @@ impl FilterMaps {
         record: &[u8],
         previous: Option<&SlotContents>,
     ) -> Result<(), MapsError> {
+        // The table is built before anything is written: a list that does not fit changes
+        // nothing.
+        let table_diff = match &self.table {
+            Some(table) => Some(table_update(table, slot, compiled, previous)?),
+            None => None,
+        };
         // Until the new record is written, the slot's contents are unknown to later writers.
         let previous_chunks = self.forget_record(slot)?;
         let empty = SlotContents::default();
-        let known = match previous {
-            Some(previous) => previous,
-            None => {
-                self.clear_tries(slot)?;
-                &empty
-            }
-        };
-        let wanted: BTreeMap<IpNet, RuleId> = compiled.entries.iter().copied().collect();
-        for prefix in known.entries.keys() {
-            if !wanted.contains_key(prefix) {
-                self.remove_entry(slot, prefix)?;
-            }
-        }
-        for (prefix, id) in &compiled.entries {
-            if known.entries.get(prefix) != Some(id) {
-                self.insert_entry(slot, prefix, *id)?;
-            }
+        let known = previous.unwrap_or(&empty);
+        match (&mut self.table, table_diff) {
+            (Some(table), Some(diff)) => table.write(&diff),
+            _ => self.write_tries(slot, compiled, previous)?,
         }
         let base = slot * PORT_WORDS_PER_SLOT;
         for (index, word) in compiled.port_words.iter().enumerate() {
@@ -285,6 +308,36 @@ impl FilterMaps {
                 0,
             )
             .map_err(access("writing", MAP_SLOT_CONFIG))
+    }
+
+    /// Makes the tries of `slot` hold `compiled`'s entries, writing only the differences from
+    /// `previous` (or everything, after emptying them, when it is unknown).
+    fn write_tries(
+        &mut self,
+        slot: u32,
+        compiled: &CompiledSlot,
+        previous: Option<&SlotContents>,
+    ) -> Result<(), MapsError> {
+        let empty = SlotContents::default();
+        let known = match previous {
+            Some(previous) => previous,
+            None => {
+                self.clear_tries(slot)?;
+                &empty
+            }
+        };
+        let wanted: BTreeMap<IpNet, RuleId> = compiled.entries.iter().copied().collect();
+        for prefix in known.entries.keys() {
+            if !wanted.contains_key(prefix) {
+                self.remove_entry(slot, prefix)?;
+            }
+        }
+        for (prefix, id) in &compiled.entries {
+            if known.entries.get(prefix) != Some(id) {
+                self.insert_entry(slot, prefix, *id)?;
+            }
+        }
+        Ok(())
     }
 
     /// Zeroes the hit counters of `ids` on every CPU.
@@ -400,5 +453,30 @@ impl FilterMaps {
         }
         let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
         Ok(Some(bytes[4..4 + len].to_vec()))
+    }
+}
+
+/// The writes that make the table region of `slot` hold `compiled`'s entries: a patch of what
+/// the region holds when `previous` says which list that is, else a fresh compile diffed
+/// against the whole region.
+fn table_update(
+    table: &TableMaps,
+    slot: u32,
+    compiled: &CompiledSlot,
+    previous: Option<&SlotContents>,
+) -> Result<TableDiff, MapsError> {
+    match previous {
+        Some(previous) => {
+            let current = table.read(slot);
+            let old: Vec<(IpNet, RuleId)> =
+                previous.entries.iter().map(|(p, id)| (*p, *id)).collect();
+            let new = current.patch(&old, &compiled.entries)?;
+            Ok(TableDiff::between(&current, &new))
+        }
+        None => {
+            let current = table.read_whole(slot);
+            let new = Table::compile(&compiled.entries, current.region())?;
+            Ok(TableDiff::between(&current, &new))
+        }
     }
 }

@@ -13,3 +13,4 @@ pub mod netns;
 pub mod operations;
 pub mod paths;
 pub mod program;
+pub mod table_maps;

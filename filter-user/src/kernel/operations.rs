@@ -20,6 +20,7 @@ use crate::{
     kernel::grace_period::{GracePeriod, GracePeriodError},
     kernel::maps::{FilterMaps, MapsError, SlotContents},
     kernel::paths::PinLayout,
+    policy::Lookup,
     policy::XdpModeChoice,
     policy::compile::{self, CompileError, FamilyCounts},
     policy::{Mode, Policy, RECORD_VERSION, Record},
@@ -81,6 +82,19 @@ pub enum FilterError {
         /// Capacity asked for.
         asked: u32,
     },
+    /// `--lookup` differs from the pinned filter's.
+    #[error(
+        "the filter under {dir} was attached with --lookup {pinned}; the lookup can't change \
+         while attached (apifence detach --all, then attach with --lookup {asked})"
+    )]
+    LookupFixed {
+        /// The bpffs directory.
+        dir: String,
+        /// Lookup of the pinned filter.
+        pinned: &'static str,
+        /// Lookup asked for.
+        asked: &'static str,
+    },
     /// A direct change of a filter the daemon owns, with no daemon answering.
     #[error(
         "the filter under {dir} is managed by the apifence daemon (config {config}), which does not \
@@ -118,6 +132,8 @@ pub struct AttachOptions {
     pub monitor: bool,
     /// Trie capacity per family; only for the first attach.
     pub capacity: Option<u32>,
+    /// Which lookup judges sources; only for the first attach (default: compiled).
+    pub lookup: Option<Lookup>,
     /// Replace the always-allow list.
     pub always_allow: Option<Vec<IpNet>>,
 }
@@ -250,6 +266,11 @@ impl Filter {
             entries: prefixes.into_iter().zip(record.rule_ids).collect(),
             port_words: compile::port_bitmap(&record.policy.ports),
         }))
+    }
+
+    /// The lookup the program uses.
+    pub fn lookup(&self) -> Lookup {
+        self.maps.lookup()
     }
 
     /// Prefixes per family the tries hold.
@@ -416,7 +437,11 @@ pub fn attach(layout: &PinLayout, options: &AttachOptions) -> Result<AttachRepor
     let _lock = DirLock::acquire(layout.root())?;
     let mut report = AttachReport::default();
     if !attach::is_loaded(layout) {
-        attach::load_and_pin(layout, options.capacity.unwrap_or(DEFAULT_CAPACITY))?;
+        attach::load_and_pin(
+            layout,
+            options.capacity.unwrap_or(DEFAULT_CAPACITY),
+            options.lookup.unwrap_or_default(),
+        )?;
         report.loaded = true;
     }
     let result = attach_locked(layout, options, mounted, &mut report);
@@ -455,6 +480,16 @@ fn attach_locked(
             dir: dir_name(layout),
             pinned: filter.capacity(),
             asked,
+        });
+    }
+    if let Some(asked) = options.lookup
+        && !report.loaded
+        && asked != filter.lookup()
+    {
+        return Err(FilterError::LookupFixed {
+            dir: dir_name(layout),
+            pinned: filter.lookup().name(),
+            asked: asked.name(),
         });
     }
     let (mut record, original) = match filter.record() {

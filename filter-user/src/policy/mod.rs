@@ -1,11 +1,13 @@
 //! The policy layer: what is authorized, as pure data and pure functions (no kernel, no I/O).
 //! [`language`] reads the range language, [`merge`] reduces a list to the fewest prefixes,
-//! [`compile`] turns a [`Policy`] into one slot's contents, [`verdict`] answers "would this
-//! source pass?" in userspace, [`suggest`] finds the name a typo meant, [`echo`] shows input
-//! back without its control characters.
+//! [`compile`] turns a [`Policy`] into one slot's contents, [`lookup_table`] compiles a slot's
+//! prefixes into the XDP program's lookup table, [`verdict`] answers "would this source pass?"
+//! in userspace, [`suggest`] finds the name a typo meant, [`echo`] shows input back without
+//! its control characters.
 pub mod compile;
 pub mod echo;
 pub mod language;
+pub mod lookup_table;
 pub mod merge;
 mod model;
 pub mod suggest;

@@ -48,6 +48,50 @@ impl XdpModeChoice {
     }
 }
 
+/// Which lookup judges a packet's source (`attach --lookup`, config `lookup`). Chosen at the
+/// first attach; fixed while attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Lookup {
+    /// The table compiled in userspace into array maps (`filter_common::table`): a fixed,
+    /// small number of inlined array reads per packet, whatever the list's size.
+    #[default]
+    Compiled,
+    /// The kernel's LPM tries: a helper call whose cost grows with the list (the fallback).
+    LpmTrie,
+}
+
+impl Lookup {
+    /// Every choice, in the order help texts list them.
+    pub const ALL: [Self; 2] = [Self::Compiled, Self::LpmTrie];
+
+    /// The value of the program's `LOOKUP` constant (`filter_common::GLOBAL_LOOKUP`).
+    pub fn global(self) -> u32 {
+        match self {
+            Self::Compiled => filter_common::LOOKUP_COMPILED,
+            Self::LpmTrie => filter_common::LOOKUP_LPM_TRIE,
+        }
+    }
+
+    /// The name used on the command line, in the config file and in status output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Compiled => "compiled",
+            Self::LpmTrie => "lpm-trie",
+        }
+    }
+
+    /// One line saying what the choice does.
+    pub fn help(self) -> &'static str {
+        match self {
+            Self::Compiled => {
+                "Table compiled into BPF arrays: a few inlined reads per packet at any list size"
+            }
+            Self::LpmTrie => "The kernel's LPM trie (fallback); cost grows with the list",
+        }
+    }
+}
+
 /// Enforce (drop unauthorized packets) or monitor (count them as would-drop, pass them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

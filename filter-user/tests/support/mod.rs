@@ -7,7 +7,7 @@
 use apifence::{
     kernel::operations::{self, AttachOptions, Filter, Stats},
     kernel::paths::PinLayout,
-    policy::Policy,
+    policy::{Lookup, Policy},
 };
 use apifence_tests::{bpffs::Bpffs, frame::Frame};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
@@ -21,17 +21,26 @@ pub const XDP_PASS: u32 = 2;
 /// The program loaded and pinned in a private bpffs, with a policy applied.
 pub struct Lab {
     program: Xdp,
+    /// The lookup the program was loaded with.
+    pub lookup: Lookup,
     pub layout: PinLayout,
     _bpffs: Bpffs,
 }
 
 impl Lab {
+    /// The program with the default lookup (the compiled table).
     pub fn new(policy: Policy) -> Lab {
+        Lab::with_lookup(Lookup::default(), policy)
+    }
+
+    /// The program with `lookup`.
+    pub fn with_lookup(lookup: Lookup, policy: Policy) -> Lab {
         let bpffs = Bpffs::new().expect("mount a private bpffs");
         let layout = PinLayout::new(bpffs.path());
-        let program = load(&layout, policy);
+        let program = load_with(&layout, policy, lookup);
         Lab {
             program,
+            lookup,
             layout,
             _bpffs: bpffs,
         }
@@ -58,7 +67,16 @@ impl Lab {
 /// Loads and pins the program under `layout` (attached to no interface), applies `policy`
 /// and opens the pinned program.
 pub fn load(layout: &PinLayout, policy: Policy) -> Xdp {
-    operations::attach(layout, &AttachOptions::default()).expect("load and pin the program");
+    load_with(layout, policy, Lookup::default())
+}
+
+/// [`load`] with `lookup`.
+pub fn load_with(layout: &PinLayout, policy: Policy, lookup: Lookup) -> Xdp {
+    let options = AttachOptions {
+        lookup: Some(lookup),
+        ..AttachOptions::default()
+    };
+    operations::attach(layout, &options).expect("load and pin the program");
     Filter::open_for_write(layout)
         .expect("open the filter")
         .apply_policy(policy)

@@ -7,6 +7,11 @@
 //! hot authorized source (called directly), on sources rotating inside the list, and on
 //! uniformly random sources that miss (both reached through the rotation's tail call).
 //! "Net" figures subtract the rotation round by round: `rotating - rotate_only + empty`.
+//!
+//! Every list is loaded twice, once per lookup (the compiled table, program name `apifence`,
+//! and the kernel's LPM trie, `apifence-lpm-trie`), so both are measured in the same rounds.
+//! "hot-drop" runs the program directly on one unauthorized source (dropped), next to "hot"
+//! (passed), so the drop path's own cost shows.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
@@ -14,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use apifence::kernel::operations::{self, AttachOptions, DetachTarget, Filter};
 use apifence::kernel::paths::PinLayout;
+use apifence::policy::Lookup;
 use apifence_tests::Frame;
 use aya::programs::Xdp;
 use aya_obj::programs::XdpAttachType;
@@ -126,6 +132,8 @@ pub struct Instance {
     pub size: Size,
     /// Its family.
     pub family: Family,
+    /// The lookup the filter was loaded with.
+    pub lookup: Lookup,
     /// Prefixes as given.
     pub given: usize,
     /// Prefixes in the trie.
@@ -136,6 +144,8 @@ pub struct Instance {
     pub program: Xdp,
     /// A frame from one authorized source.
     pub hot_frame: Vec<u8>,
+    /// A frame from one unauthorized source (the first key of the miss set).
+    pub hot_drop_frame: Vec<u8>,
     /// First key of the "inside the list" set.
     pub inside_base: u32,
     /// First key of the "random, misses" set.
@@ -173,18 +183,22 @@ pub struct Setup {
 pub fn setup(plan: &Plan, lists: &[List]) -> Result<Setup> {
     let bpffs = BenchBpffs::new("kernel")?;
     let keys = plan.keys_per_set;
-    let slots = u32::try_from(lists.len() * 2)
+    let slots = u32::try_from(lists.len() * 2 * Lookup::ALL.len())
         .ok()
         .and_then(|n| n.checked_mul(keys))
         .context("too many key sets")?;
     let mut object = BenchObject::load(slots)?;
     let mut instances = Vec::new();
-    for (index, list) in lists.iter().enumerate() {
+    let runs = lists
+        .iter()
+        .flat_map(|list| Lookup::ALL.map(|lookup| (list, lookup)));
+    for (index, (list, lookup)) in runs.enumerate() {
         check_interrupted()?;
         let label = format!(
-            "{}-{}",
+            "{}-{}-{}",
             list.size.label(),
-            list.family.name().to_lowercase()
+            list.family.name().to_lowercase(),
+            lookup.name()
         );
         eprintln!(
             "bench: kernel: loading {} {} prefixes ({label})",
@@ -197,6 +211,7 @@ pub fn setup(plan: &Plan, lists: &[List]) -> Result<Setup> {
             &layout,
             &AttachOptions {
                 capacity: Some(capacity),
+                lookup: Some(lookup),
                 ..AttachOptions::default()
             },
         )
@@ -206,11 +221,13 @@ pub fn setup(plan: &Plan, lists: &[List]) -> Result<Setup> {
         let mut instance = Instance {
             size: list.size.clone(),
             family: list.family,
+            lookup,
             given: list.given,
             prefixes: list.prefixes.len(),
             layout,
             program,
             hot_frame: Vec::new(),
+            hot_drop_frame: Vec::new(),
             inside_base: (index as u32 * 2) * keys,
             miss_base: (index as u32 * 2 + 1) * keys,
             apply: Duration::ZERO,
@@ -231,11 +248,13 @@ pub fn setup(plan: &Plan, lists: &[List]) -> Result<Setup> {
             (Some(b), Some(a)) => Some(a as i64 - b as i64),
             _ => None,
         };
-        let mut rng = Rng::new(plan.seed ^ 0x6b65_7973 ^ index as u64);
+        // The same keys for both lookups of a list.
+        let mut rng = Rng::new(plan.seed ^ 0x6b65_7973 ^ (index / Lookup::ALL.len()) as u64);
         let (inside, miss) = key_sets(&list.prefixes, list.family, keys as usize, &mut rng)?;
         object.write_keys(instance.inside_base, &inside)?;
         object.write_keys(instance.miss_base, &miss)?;
         instance.hot_frame = frame(list.family, &inside[0]);
+        instance.hot_drop_frame = frame(list.family, &miss[0]);
         instances.push(instance);
     }
     let frames = [
@@ -334,11 +353,12 @@ pub fn frame(family: Family, source: &[u8; 16]) -> Vec<u8> {
 /// One measured variant.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Row {
-    /// `empty`, `parse-only`, `rotate-only` or `apifence`.
+    /// `empty`, `parse-only`, `rotate-only`, `apifence` (compiled lookup) or
+    /// `apifence-lpm-trie`.
     pub program: String,
     /// Address family of the frames.
     pub family: Family,
-    /// `-` for baselines; `hot`, `inside` or `miss` for apifence.
+    /// `-` for baselines; `hot`, `hot-drop`, `inside` or `miss` for apifence.
     pub pattern: String,
     /// The list's size label (apifence rows).
     pub size: Option<String>,
@@ -378,6 +398,9 @@ pub struct ListInfo {
     pub size: String,
     /// Family.
     pub family: Family,
+    /// Lookup (`compiled` or `lpm-trie`).
+    #[serde(default)]
+    pub lookup: String,
     /// Prefixes as given.
     pub given: usize,
     /// Prefixes in the trie.
@@ -390,8 +413,16 @@ pub struct ListInfo {
 enum Step {
     Plain(&'static str, Family),
     RotateOnly(Family),
-    Hot(usize),
+    Hot(usize, bool),
     Rotating(usize, bool),
+}
+
+/// The `program` of a row of `instance`.
+fn program_name(instance: &Instance) -> String {
+    match instance.lookup {
+        Lookup::Compiled => "apifence".into(),
+        Lookup::LpmTrie => "apifence-lpm-trie".into(),
+    }
 }
 
 /// Runs every variant `plan.kernel_rounds` times, interleaved.
@@ -403,7 +434,8 @@ pub fn measure(plan: &Plan, setup: &mut Setup) -> Result<KernelResults> {
         steps.push(Step::RotateOnly(family));
         for (i, inst) in setup.instances.iter().enumerate() {
             if inst.family == family {
-                steps.push(Step::Hot(i));
+                steps.push(Step::Hot(i, true));
+                steps.push(Step::Hot(i, false));
                 steps.push(Step::Rotating(i, true));
                 steps.push(Step::Rotating(i, false));
             }
@@ -454,12 +486,12 @@ pub fn measure(plan: &Plan, setup: &mut Setup) -> Result<KernelResults> {
                 net_samples_ns: None,
                 net: None,
             },
-            Step::Hot(i) => {
+            Step::Hot(i, pass) => {
                 let inst = &setup.instances[*i];
                 Row {
-                    program: "apifence".into(),
+                    program: program_name(inst),
                     family: inst.family,
-                    pattern: "hot".into(),
+                    pattern: if *pass { "hot" } else { "hot-drop" }.into(),
                     size: Some(inst.size.label()),
                     prefixes: Some(inst.prefixes),
                     samples_ns: samples.clone(),
@@ -471,7 +503,7 @@ pub fn measure(plan: &Plan, setup: &mut Setup) -> Result<KernelResults> {
             Step::Rotating(i, inside) => {
                 let inst = &setup.instances[*i];
                 Row {
-                    program: "apifence".into(),
+                    program: program_name(inst),
                     family: inst.family,
                     pattern: if *inside { "inside" } else { "miss" }.into(),
                     size: Some(inst.size.label()),
@@ -497,6 +529,7 @@ pub fn measure(plan: &Plan, setup: &mut Setup) -> Result<KernelResults> {
             .map(|i| ListInfo {
                 size: i.size.label(),
                 family: i.family,
+                lookup: i.lookup.name().into(),
                 given: i.given,
                 prefixes: i.prefixes,
                 apply_ms: i.apply.as_secs_f64() * 1e3,
@@ -562,14 +595,25 @@ fn run_step(step: &Step, setup: &mut Setup, keys: u32, repeat: u32) -> Result<f6
                 format!("rotate-only {}", family.name()),
             )
         }
-        Step::Hot(i) => {
+        Step::Hot(i, pass) => {
             let inst = &setup.instances[*i];
-            let (d, v) = object::test_run(&inst.program, &inst.hot_frame, repeat)?;
+            let frame = if *pass {
+                &inst.hot_frame
+            } else {
+                &inst.hot_drop_frame
+            };
+            let (d, v) = object::test_run(&inst.program, frame, repeat)?;
             (
                 d,
                 v,
-                Some(XDP_PASS),
-                format!("apifence hot {} {}", inst.size.label(), inst.family.name()),
+                Some(if *pass { XDP_PASS } else { XDP_DROP }),
+                format!(
+                    "{} {} {} {}",
+                    program_name(inst),
+                    if *pass { "hot" } else { "hot-drop" },
+                    inst.size.label(),
+                    inst.family.name()
+                ),
             )
         }
         Step::Rotating(i, inside) => {
@@ -585,7 +629,8 @@ fn run_step(step: &Step, setup: &mut Setup, keys: u32, repeat: u32) -> Result<f6
                     inst.family,
                     inst.program.fd()?.try_clone()?,
                     format!(
-                        "apifence {} {} {}",
+                        "{} {} {} {}",
+                        program_name(inst),
                         if *inside { "inside" } else { "miss" },
                         inst.size.label(),
                         inst.family.name()

@@ -1,0 +1,202 @@
+//! The compiled lookup table's three array maps (`TABLE_ROOTS`, `TABLE_CHUNKS`,
+//! `TABLE_ENTRIES`), memory-mapped (`BPF_F_MMAPABLE`, Linux 5.5+): a slot's table is read and
+//! patched with plain loads and stores instead of one syscall per element. Only the inactive
+//! slot's region is ever written, and only while no program reads it (after the grace
+//! period), so the stores race with nothing; the flip that follows is a syscall, which orders
+//! them before any packet can see the slot.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd},
+    path::PathBuf,
+    ptr::NonNull,
+};
+
+use aya::maps::MapData;
+use filter_common::{
+    MAP_TABLE_CHUNKS, MAP_TABLE_ENTRIES, MAP_TABLE_ROOTS, TABLE_ELEMENTS_UNUSED,
+    table::{Chunk, EntryPair, ROOT_ENTRIES, root_base},
+};
+
+use crate::{
+    kernel::paths::PinLayout,
+    policy::{
+        Lookup,
+        lookup_table::{Region, Table, TableDiff},
+    },
+};
+
+/// The lookup the maps pinned under `layout` were created for: the table maps of an LPM-trie
+/// filter hold [`TABLE_ELEMENTS_UNUSED`] elements.
+pub fn lookup_of_pins(layout: &PinLayout) -> Result<Lookup, TableMapsError> {
+    let path = layout.map(MAP_TABLE_CHUNKS);
+    let chunks = MapData::from_pin(&path)
+        .and_then(|map| map.info())
+        .map(|info| info.max_entries())
+        .map_err(|e| TableMapsError::Map {
+            path,
+            source: io::Error::other(e),
+        })?;
+    Ok(if chunks == TABLE_ELEMENTS_UNUSED {
+        Lookup::LpmTrie
+    } else {
+        Lookup::Compiled
+    })
+}
+
+/// Mapping or reading the table maps failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TableMapsError {
+    /// The pinned map could not be opened or mapped.
+    #[error("mapping the pinned table map {path} into memory: {source}")]
+    Map {
+        /// Pin path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One array map mapped into this process, as a slice of `T` (the map's element type, whose
+/// size is a multiple of 8, the kernel's element stride).
+struct Mapped<T> {
+    ptr: NonNull<T>,
+    len: usize,
+    bytes: usize,
+}
+
+impl<T: Copy> Mapped<T> {
+    fn open(layout: &PinLayout, name: &str) -> Result<Self, TableMapsError> {
+        let path = layout.map(name);
+        let fail = |source: io::Error| TableMapsError::Map {
+            path: path.clone(),
+            source,
+        };
+        let map = MapData::from_pin(&path).map_err(|e| fail(io::Error::other(e)))?;
+        let info = map.info().map_err(|e| fail(io::Error::other(e)))?;
+        let value_size = info.value_size() as usize;
+        if value_size != size_of::<T>() || !value_size.is_multiple_of(8) {
+            return Err(fail(io::Error::other(format!(
+                "its values are {value_size} bytes, expected {}",
+                size_of::<T>()
+            ))));
+        }
+        let len = info.max_entries() as usize;
+        // SAFETY: plain libc call; the kernel checks fd, size and flags.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let bytes = (len * value_size).div_ceil(page) * page;
+        // SAFETY: maps `bytes` of the array's value area (what mmap of a BPF_F_MMAPABLE array
+        // exposes); the mapping stays valid after the fd is closed, until `munmap` in Drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(fail(io::Error::last_os_error()));
+        }
+        let ptr = NonNull::new(ptr.cast::<T>()).ok_or_else(|| fail(io::Error::other("null")))?;
+        Ok(Self { ptr, len, bytes })
+    }
+
+    fn slice(&self) -> &[T] {
+        // SAFETY: `len` elements of `T` are mapped; `T` is plain data valid for any bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn slice_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `slice`; `&mut self` keeps this process's other views away.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T> Drop for Mapped<T> {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `open` mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
+}
+
+/// The table maps of a filter with the compiled lookup.
+pub struct TableMaps {
+    roots: Mapped<EntryPair>,
+    chunks: Mapped<Chunk>,
+    entries: Mapped<EntryPair>,
+}
+
+/// A `[u32]` view of a slice of entry pairs (entry `i` is half `i % 2` of pair `i / 2`).
+fn flat(pairs: &[EntryPair]) -> &[u32] {
+    pairs.as_flattened()
+}
+
+fn flat_mut(pairs: &mut [EntryPair]) -> &mut [u32] {
+    pairs.as_flattened_mut()
+}
+
+impl TableMaps {
+    /// Maps the three table maps pinned under `layout`.
+    pub fn open(layout: &PinLayout) -> Result<Self, TableMapsError> {
+        Ok(Self {
+            roots: Mapped::open(layout, MAP_TABLE_ROOTS)?,
+            chunks: Mapped::open(layout, MAP_TABLE_CHUNKS)?,
+            entries: Mapped::open(layout, MAP_TABLE_ENTRIES)?,
+        })
+    }
+
+    /// The region of `slot`: each slot owns half of the chunk and entry maps.
+    pub fn region(&self, slot: u32) -> Region {
+        let chunks = (self.chunks.len / 2) as u32;
+        let entries = self.entries.len as u32; // pairs per map = entries per slot
+        Region::of_slot(slot, chunks, entries)
+    }
+
+    /// What the region of `slot` holds now, as a table (the used part found by walking it).
+    pub fn read(&self, slot: u32) -> Table {
+        let region = self.region(slot);
+        let roots = root_base(slot, false) as usize;
+        let chunks = region.chunk_origin as usize;
+        let entries = region.entry_origin as usize;
+        Table::from_memory(
+            region,
+            &flat(self.roots.slice())[roots..roots + 2 * ROOT_ENTRIES as usize],
+            &self.chunks.slice()[chunks..chunks + region.chunk_capacity as usize],
+            &flat(self.entries.slice())[entries..entries + region.entry_capacity as usize],
+        )
+    }
+
+    /// The whole region of `slot` as it is in memory (see [`Table::raw`]).
+    pub fn read_whole(&self, slot: u32) -> Table {
+        let region = self.region(slot);
+        let roots = root_base(slot, false) as usize;
+        let chunks = region.chunk_origin as usize;
+        let entries = region.entry_origin as usize;
+        Table::raw(
+            region,
+            &flat(self.roots.slice())[roots..roots + 2 * ROOT_ENTRIES as usize],
+            &self.chunks.slice()[chunks..chunks + region.chunk_capacity as usize],
+            &flat(self.entries.slice())[entries..entries + region.entry_capacity as usize],
+        )
+    }
+
+    /// Stores `diff` (indices are map indices of the inactive slot's region).
+    pub fn write(&mut self, diff: &TableDiff) {
+        let roots = flat_mut(self.roots.slice_mut());
+        for (index, value) in &diff.roots {
+            roots[*index as usize] = *value;
+        }
+        let chunks = self.chunks.slice_mut();
+        for (index, chunk) in &diff.chunks {
+            chunks[*index as usize] = *chunk;
+        }
+        let entries = flat_mut(self.entries.slice_mut());
+        for (index, value) in &diff.entries {
+            entries[*index as usize] = *value;
+        }
+    }
+}

@@ -1,0 +1,853 @@
+//! Compiles the merged prefix list of one slot into the lookup table the XDP program reads
+//! (layout and walk: [`filter_common::table`]), and patches a slot's table for a small change.
+//! Pure: the aya layer writes the result.
+//!
+//! Two ways to a table:
+//! - [`Table::compile`]: a fresh, compact table for a list (used when the slot's contents are
+//!   unknown, and when a patched table would not fit its region any more);
+//! - [`Table::patch`]: the table of a new list built from the slot's current table and list,
+//!   rebuilding only the /16 buckets whose content changed and placing their nodes after the
+//!   used part of the region. Everything else keeps its place, so [`TableDiff::between`] the
+//!   two is about as small as the change.
+
+use std::collections::BTreeMap;
+
+use filter_common::{
+    RuleId,
+    table::{
+        CHILD_INDEX_MASK, CHILD_MASK_SHIFT, CHUNK_POSITIONS, CHUNKS_PER_NODE, Chunk, ENTRY_CHILD,
+        MAX_CHUNKS, MAX_RULE_ID, ROOT_ENTRIES, TableRead, address_words, child, is_tail, leaf,
+        lookup, root_base, tail,
+    },
+};
+use ipnet::IpNet;
+
+/// Where one slot's table lives in the maps: its slot (for the roots) and its regions of the
+/// chunk and entry arrays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    /// Slot (0 or 1).
+    pub slot: u32,
+    /// Index of the region's first chunk.
+    pub chunk_origin: u32,
+    /// Chunks the region holds.
+    pub chunk_capacity: u32,
+    /// Index of the region's first entry.
+    pub entry_origin: u32,
+    /// Entries the region holds.
+    pub entry_capacity: u32,
+}
+
+impl Region {
+    /// Region of `slot` when each slot holds `chunks` chunks and `entries` entries, slot 0
+    /// first.
+    pub fn of_slot(slot: u32, chunks: u32, entries: u32) -> Self {
+        Self {
+            slot,
+            chunk_origin: slot * chunks,
+            chunk_capacity: chunks,
+            entry_origin: slot * entries,
+            entry_capacity: entries,
+        }
+    }
+}
+
+/// Why a table can't be built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TableError {
+    /// The table needs more chunks or entries than its region holds.
+    #[error(
+        "the compiled lookup table needs more {what} than the filter holds ({capacity}); \
+         re-attach with a larger --capacity (apifence detach --all, then apifence attach ... \
+         --capacity N), or attach with --lookup lpm-trie"
+    )]
+    Full {
+        /// "chunks" or "entries".
+        what: &'static str,
+        /// The region's capacity.
+        capacity: u32,
+    },
+    /// A rule id does not fit a leaf entry.
+    #[error("rule id {0} does not fit the lookup table (ids must stay below {MAX_RULE_ID})")]
+    RuleId(RuleId),
+}
+
+/// One slot's table, as it is (or will be) in the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table {
+    region: Region,
+    /// IPv4 roots then IPv6 roots, [`ROOT_ENTRIES`] each.
+    roots: Vec<u32>,
+    /// The used part of the chunk region, from its origin.
+    chunks: Vec<Chunk>,
+    /// The used part of the entry region, from its origin.
+    entries: Vec<u32>,
+}
+
+/// A prefix as the builder sees it: address bytes (IPv4 in the first 4), length, leaf entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Prefix {
+    addr: [u8; 16],
+    len: u8,
+    entry: u32,
+}
+
+impl Prefix {
+    fn bucket(&self) -> usize {
+        (usize::from(self.addr[0]) << 8) | usize::from(self.addr[1])
+    }
+}
+
+/// The prefixes of one family, split the way the table is: painted roots (prefixes up to /16)
+/// and the longer prefixes grouped by root bucket, sorted by address.
+struct Family {
+    painted: Vec<u32>,
+    deep: BTreeMap<usize, Vec<Prefix>>,
+}
+
+impl Family {
+    fn split(prefixes: &[(IpNet, RuleId)], v6: bool) -> Result<Self, TableError> {
+        let mut short = Vec::new();
+        let mut deep: BTreeMap<usize, Vec<Prefix>> = BTreeMap::new();
+        for (net, rule) in prefixes {
+            let (addr, len) = match (net, v6) {
+                (IpNet::V4(n), false) => {
+                    let mut addr = [0u8; 16];
+                    addr[..4].copy_from_slice(&n.network().octets());
+                    (addr, n.prefix_len())
+                }
+                (IpNet::V6(n), true) => (n.network().octets(), n.prefix_len()),
+                _ => continue,
+            };
+            if *rule >= MAX_RULE_ID {
+                return Err(TableError::RuleId(*rule));
+            }
+            let prefix = Prefix {
+                addr,
+                len,
+                entry: leaf(*rule),
+            };
+            if len <= 16 {
+                short.push(prefix);
+            } else {
+                deep.entry(prefix.bucket()).or_default().push(prefix);
+            }
+        }
+        for group in deep.values_mut() {
+            group.sort_unstable();
+        }
+        // Shorter prefixes first, so longer ones overwrite them.
+        short.sort_unstable_by_key(|p| p.len);
+        let mut painted = vec![0u32; ROOT_ENTRIES as usize];
+        for p in &short {
+            let span = 1usize << (16 - p.len);
+            let start = p.bucket() & !(span - 1);
+            painted[start..start + span].fill(p.entry);
+        }
+        Ok(Self { painted, deep })
+    }
+}
+
+impl Table {
+    /// An empty table (every lookup misses) for `region`.
+    pub fn empty(region: Region) -> Self {
+        Self {
+            region,
+            roots: vec![0; 2 * ROOT_ENTRIES as usize],
+            chunks: Vec::new(),
+            entries: Vec::new(),
+        }
+    }
+
+    /// A fresh table for `prefixes` (both families; each prefix with its rule id). Prefixes
+    /// may nest; each address gets the rule of its longest matching prefix.
+    pub fn compile(prefixes: &[(IpNet, RuleId)], region: Region) -> Result<Self, TableError> {
+        let mut table = Self::empty(region);
+        for v6 in [false, true] {
+            let family = Family::split(prefixes, v6)?;
+            let offset = if v6 { ROOT_ENTRIES as usize } else { 0 };
+            table.roots[offset..offset + ROOT_ENTRIES as usize].copy_from_slice(&family.painted);
+            for (bucket, group) in &family.deep {
+                let inherited = family.painted[*bucket];
+                table.roots[offset + bucket] = table.build_below(2, group, inherited)?;
+            }
+        }
+        Ok(table)
+    }
+
+    /// The table for `new`, made from `self`, which must be the table of `old` (as built by
+    /// [`Table::compile`] or [`Table::patch`]). Only /16 buckets whose prefixes (or whose
+    /// covering shorter prefix) changed are rebuilt, after the used part of the region; when
+    /// that does not fit, the result is a fresh compile.
+    pub fn patch(
+        &self,
+        old: &[(IpNet, RuleId)],
+        new: &[(IpNet, RuleId)],
+    ) -> Result<Self, TableError> {
+        let mut table = self.clone();
+        match table.rebuild_changed(old, new) {
+            Ok(()) => Ok(table),
+            Err(TableError::Full { .. }) => Self::compile(new, self.region),
+            Err(other) => Err(other),
+        }
+    }
+
+    fn rebuild_changed(
+        &mut self,
+        old: &[(IpNet, RuleId)],
+        new: &[(IpNet, RuleId)],
+    ) -> Result<(), TableError> {
+        for v6 in [false, true] {
+            let before = Family::split(old, v6)?;
+            let after = Family::split(new, v6)?;
+            let offset = if v6 { ROOT_ENTRIES as usize } else { 0 };
+            for bucket in 0..ROOT_ENTRIES as usize {
+                let inherited = after.painted[bucket];
+                let group = after.deep.get(&bucket);
+                let unchanged =
+                    before.painted[bucket] == inherited && before.deep.get(&bucket) == group;
+                if unchanged {
+                    continue;
+                }
+                self.roots[offset + bucket] = match group {
+                    Some(group) => self.build_below(2, group, inherited)?,
+                    None => inherited,
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// The entry for a position whose address bytes below `byte` hold `prefixes`: a tail when
+    /// there is just one, else a node.
+    fn build_below(
+        &mut self,
+        byte: usize,
+        prefixes: &[Prefix],
+        inherited: u32,
+    ) -> Result<u32, TableError> {
+        match prefixes {
+            [single] => self.build_tail(single, inherited),
+            _ => self.build_node(byte, prefixes, inherited),
+        }
+    }
+
+    /// A tail record for `prefix` (see `filter_common::table`): two chunks.
+    fn build_tail(&mut self, prefix: &Prefix, inherited: u32) -> Result<u32, TableError> {
+        if self.chunks.len() + 2 > self.region.chunk_capacity as usize {
+            return Err(TableError::Full {
+                what: "chunks",
+                capacity: self.region.chunk_capacity,
+            });
+        }
+        let first = self.region.chunk_origin as usize + self.chunks.len();
+        if first + 1 >= MAX_CHUNKS as usize {
+            return Err(TableError::Full {
+                what: "chunks",
+                capacity: MAX_CHUNKS,
+            });
+        }
+        let words = address_words(&prefix.addr);
+        self.chunks.push(Chunk {
+            runs: words[0],
+            base: prefix.entry,
+            inherited,
+        });
+        self.chunks.push(Chunk {
+            runs: words[1],
+            base: u32::from(prefix.len),
+            inherited: 0,
+        });
+        Ok(tail(first as u32))
+    }
+
+    /// Builds the node for address byte `byte` of `prefixes` (all longer than `8 * byte`
+    /// bits, all sharing those bits), whose positions default to `inherited`. Returns the
+    /// entry for the parent: a child entry, or a plain entry when the node would be uniform.
+    fn build_node(
+        &mut self,
+        byte: usize,
+        prefixes: &[Prefix],
+        inherited: u32,
+    ) -> Result<u32, TableError> {
+        let end = 8 * (byte as u32 + 1);
+        let mut values = [inherited; 256];
+        let mut short: Vec<&Prefix> = prefixes
+            .iter()
+            .filter(|p| u32::from(p.len) <= end)
+            .collect();
+        short.sort_by_key(|p| p.len);
+        for p in short {
+            let span = 1usize << (end - u32::from(p.len));
+            let start = usize::from(p.addr[byte]) & !(span - 1);
+            values[start..start + span].fill(p.entry);
+        }
+        let mut rest = prefixes
+            .iter()
+            .filter(|p| u32::from(p.len) > end)
+            .peekable();
+        while let Some(first) = rest.next() {
+            let position = usize::from(first.addr[byte]);
+            let mut group = vec![*first];
+            while let Some(p) = rest.next_if(|p| usize::from(p.addr[byte]) == position) {
+                group.push(*p);
+            }
+            values[position] = self.build_node(byte + 1, &group, values[position])?;
+        }
+        if values.iter().all(|v| *v == values[0]) && values[0] & ENTRY_CHILD == 0 {
+            return Ok(values[0]);
+        }
+        let first = self.region.chunk_origin as usize + self.chunks.len();
+        let mut mask = 0u32;
+        for (quarter, positions) in values.chunks(CHUNK_POSITIONS as usize).enumerate() {
+            if positions.iter().all(|v| *v == inherited) {
+                continue;
+            }
+            mask |= 1 << quarter;
+            if self.chunks.len() >= self.region.chunk_capacity as usize {
+                return Err(TableError::Full {
+                    what: "chunks",
+                    capacity: self.region.chunk_capacity,
+                });
+            }
+            let base = self.region.entry_origin as usize + self.entries.len();
+            let mut runs = 0u64;
+            for (i, v) in positions.iter().enumerate() {
+                if i == 0 || *v != positions[i - 1] {
+                    runs |= 1 << i;
+                    if self.entries.len() >= self.region.entry_capacity as usize {
+                        return Err(TableError::Full {
+                            what: "entries",
+                            capacity: self.region.entry_capacity,
+                        });
+                    }
+                    self.entries.push(*v);
+                }
+            }
+            self.chunks.push(Chunk {
+                runs,
+                base: base as u32,
+                inherited,
+            });
+        }
+        debug_assert!(mask != 0 && mask < 1 << CHUNKS_PER_NODE);
+        if first >= MAX_CHUNKS as usize {
+            return Err(TableError::Full {
+                what: "chunks",
+                capacity: MAX_CHUNKS,
+            });
+        }
+        Ok(child(mask, first as u32))
+    }
+
+    /// The table stored in a region's memory: `roots` (IPv4 then IPv6), and the region's
+    /// whole chunk and entry arrays. Only what the roots reach is kept; the used part ends
+    /// after the last chunk and entry reachable from them (later ones are garbage a patch may
+    /// overwrite). Indices outside the region end the walk there.
+    pub fn from_memory(region: Region, roots: &[u32], chunks: &[Chunk], entries: &[u32]) -> Self {
+        let mut chunk_end = 0usize;
+        let mut entry_end = 0usize;
+        let mut pending: Vec<u32> = roots
+            .iter()
+            .copied()
+            .filter(|e| e & ENTRY_CHILD != 0)
+            .collect();
+        // Each stored chunk is reached once in a well-formed table; the bound keeps a damaged
+        // one from looping.
+        let mut budget = roots.len() + chunks.len();
+        while let Some(node) = pending.pop() {
+            budget = match budget.checked_sub(1) {
+                Some(left) => left,
+                None => break,
+            };
+            let mask = (node >> CHILD_MASK_SHIFT) & 0xf;
+            let Some(first) = (node & CHILD_INDEX_MASK).checked_sub(region.chunk_origin) else {
+                continue;
+            };
+            if is_tail(node) {
+                chunk_end = chunk_end.max((first as usize + 2).min(chunks.len()));
+                continue;
+            }
+            for k in 0..mask.count_ones() as usize {
+                let Some(chunk) = chunks.get(first as usize + k) else {
+                    break;
+                };
+                chunk_end = chunk_end.max(first as usize + k + 1);
+                let Some(base) = chunk.base.checked_sub(region.entry_origin) else {
+                    continue;
+                };
+                let runs = chunk.runs.count_ones() as usize;
+                for e in entries.iter().skip(base as usize).take(runs) {
+                    if e & ENTRY_CHILD != 0 {
+                        pending.push(*e);
+                    }
+                }
+                entry_end = entry_end.max((base as usize + runs).min(entries.len()));
+            }
+        }
+        Self {
+            region,
+            roots: roots.to_vec(),
+            chunks: chunks[..chunk_end].to_vec(),
+            entries: entries[..entry_end].to_vec(),
+        }
+    }
+
+    /// A region's memory taken whole, as the starting point of a diff when nothing is known
+    /// about what it holds: every element that differs from the new table is then written.
+    pub fn raw(region: Region, roots: &[u32], chunks: &[Chunk], entries: &[u32]) -> Self {
+        Self {
+            region,
+            roots: roots.to_vec(),
+            chunks: chunks.to_vec(),
+            entries: entries.to_vec(),
+        }
+    }
+
+    /// The region the table was built for.
+    pub fn region(&self) -> Region {
+        self.region
+    }
+
+    /// Roots of this slot: IPv4 then IPv6, [`ROOT_ENTRIES`] each; root `i` goes to map index
+    /// `root_base(slot, false) + i`.
+    pub fn roots(&self) -> &[u32] {
+        &self.roots
+    }
+
+    /// Used chunks; chunk `i` goes to map index `region.chunk_origin + i`.
+    pub fn chunks(&self) -> &[Chunk] {
+        &self.chunks
+    }
+
+    /// Used entries; entry `i` goes to map index `region.entry_origin + i`.
+    pub fn entries(&self) -> &[u32] {
+        &self.entries
+    }
+
+    /// The rule of `addr`'s longest matching prefix, by the same walk the XDP program runs.
+    pub fn lookup_v4(&self, addr: [u8; 4]) -> Option<RuleId> {
+        lookup(self, root_base(self.region.slot, false), &addr)
+    }
+
+    /// IPv6 counterpart of [`Table::lookup_v4`].
+    pub fn lookup_v6(&self, addr: [u8; 16]) -> Option<RuleId> {
+        lookup(self, root_base(self.region.slot, true), &addr)
+    }
+
+    /// Applies `diff` (made by [`TableDiff::between`] from this table to another).
+    pub fn apply(&mut self, diff: &TableDiff) {
+        let root_origin = root_base(self.region.slot, false);
+        for (index, value) in &diff.roots {
+            self.roots[(index - root_origin) as usize] = *value;
+        }
+        let chunk_len = (diff.chunk_len - self.region.chunk_origin) as usize;
+        self.chunks.resize(chunk_len, Chunk::default());
+        for (index, chunk) in &diff.chunks {
+            self.chunks[(index - self.region.chunk_origin) as usize] = *chunk;
+        }
+        let entry_len = (diff.entry_len - self.region.entry_origin) as usize;
+        self.entries.resize(entry_len, 0);
+        for (index, entry) in &diff.entries {
+            self.entries[(index - self.region.entry_origin) as usize] = *entry;
+        }
+    }
+}
+
+impl TableRead for Table {
+    fn root(&self, index: u32) -> Option<u32> {
+        let local = index.checked_sub(root_base(self.region.slot, false))?;
+        self.roots.get(local as usize).copied()
+    }
+
+    fn chunk(&self, index: u32) -> Option<Chunk> {
+        let local = index.checked_sub(self.region.chunk_origin)?;
+        self.chunks.get(local as usize).copied()
+    }
+
+    fn entry(&self, index: u32) -> Option<u32> {
+        let local = index.checked_sub(self.region.entry_origin)?;
+        self.entries.get(local as usize).copied()
+    }
+}
+
+/// The writes that turn one table of a region into another: changed elements only, with map
+/// indices. Elements past the new used length are left as they are (nothing reads them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableDiff {
+    /// (root map index, value).
+    pub roots: Vec<(u32, u32)>,
+    /// (chunk map index, chunk).
+    pub chunks: Vec<(u32, Chunk)>,
+    /// (entry map index, entry).
+    pub entries: Vec<(u32, u32)>,
+    /// Map index one past the new table's last chunk.
+    pub chunk_len: u32,
+    /// Map index one past the new table's last entry.
+    pub entry_len: u32,
+}
+
+impl TableDiff {
+    /// The elements of `to` that differ from `from` (both of the same region).
+    pub fn between(from: &Table, to: &Table) -> Self {
+        let region = to.region;
+        let root_origin = root_base(region.slot, false);
+        let roots = changed(&from.roots, &to.roots)
+            .map(|(i, v)| (root_origin + i, v))
+            .collect();
+        let chunks = changed(&from.chunks, &to.chunks)
+            .map(|(i, v)| (region.chunk_origin + i, v))
+            .collect();
+        let entries = changed(&from.entries, &to.entries)
+            .map(|(i, v)| (region.entry_origin + i, v))
+            .collect();
+        Self {
+            roots,
+            chunks,
+            entries,
+            chunk_len: region.chunk_origin + to.chunks.len() as u32,
+            entry_len: region.entry_origin + to.entries.len() as u32,
+        }
+    }
+
+    /// Total elements to write.
+    pub fn len(&self) -> usize {
+        self.roots.len() + self.chunks.len() + self.entries.len()
+    }
+
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// (index, new value) of every element of `to` that differs from `from` at the same index
+/// (or that `from` does not have).
+fn changed<'a, T: Copy + PartialEq>(
+    from: &'a [T],
+    to: &'a [T],
+) -> impl Iterator<Item = (u32, T)> + 'a {
+    to.iter()
+        .enumerate()
+        .filter(move |(i, v)| from.get(*i) != Some(v))
+        .map(|(i, v)| (i as u32, *v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipnet::{Ipv4Net, Ipv6Net};
+    use proptest::prelude::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const REGION: Region = Region {
+        slot: 1,
+        chunk_origin: 1000,
+        chunk_capacity: 1 << 20,
+        entry_origin: 5000,
+        entry_capacity: 1 << 22,
+    };
+
+    fn net(text: &str) -> IpNet {
+        text.parse().expect("test prefix")
+    }
+
+    /// Longest match by scanning the list: the model the table must agree with.
+    fn naive(prefixes: &[(IpNet, RuleId)], addr: std::net::IpAddr) -> Option<RuleId> {
+        prefixes
+            .iter()
+            .filter(|(p, _)| p.contains(&addr))
+            .max_by_key(|(p, _)| p.prefix_len())
+            .map(|(_, id)| *id)
+    }
+
+    fn table_lookup(table: &Table, addr: std::net::IpAddr) -> Option<RuleId> {
+        match addr {
+            std::net::IpAddr::V4(a) => table.lookup_v4(a.octets()),
+            std::net::IpAddr::V6(a) => table.lookup_v6(a.octets()),
+        }
+    }
+
+    /// Every prefix's first and last address and their neighbours.
+    fn boundaries(prefixes: &[(IpNet, RuleId)]) -> Vec<std::net::IpAddr> {
+        let mut out = Vec::new();
+        for (p, _) in prefixes {
+            match p {
+                IpNet::V4(n) => {
+                    let first = u32::from(n.network());
+                    let last = u32::from(n.broadcast());
+                    for a in [
+                        first.wrapping_sub(1),
+                        first,
+                        first.wrapping_add(1),
+                        last.wrapping_sub(1),
+                        last,
+                        last.wrapping_add(1),
+                    ] {
+                        out.push(Ipv4Addr::from(a).into());
+                    }
+                }
+                IpNet::V6(n) => {
+                    let first = u128::from(n.network());
+                    let last = u128::from(n.broadcast());
+                    for a in [
+                        first.wrapping_sub(1),
+                        first,
+                        first.wrapping_add(1),
+                        last.wrapping_sub(1),
+                        last,
+                        last.wrapping_add(1),
+                    ] {
+                        out.push(Ipv6Addr::from(a).into());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn assert_agrees(table: &Table, prefixes: &[(IpNet, RuleId)], extra: &[std::net::IpAddr]) {
+        for addr in boundaries(prefixes)
+            .into_iter()
+            .chain(extra.iter().copied())
+        {
+            assert_eq!(
+                table_lookup(table, addr),
+                naive(prefixes, addr),
+                "address {addr} in {prefixes:?}"
+            );
+        }
+    }
+
+    /// Prefixes clustered so they nest, touch and overlap: a few random "anchors" and
+    /// prefixes of every length around them.
+    fn v4_prefix(anchors: Vec<u32>) -> impl Strategy<Value = Ipv4Net> {
+        (0..anchors.len(), 0u8..=32, any::<u32>(), 0u8..=32).prop_map(
+            move |(a, len, noise, noise_bits)| {
+                let noise = if noise_bits == 0 {
+                    0
+                } else {
+                    noise >> (32 - noise_bits)
+                };
+                let addr = anchors[a] ^ noise;
+                Ipv4Net::new(Ipv4Addr::from(addr), len)
+                    .expect("length ≤ 32")
+                    .trunc()
+            },
+        )
+    }
+
+    fn v6_prefix(anchors: Vec<u128>) -> impl Strategy<Value = Ipv6Net> {
+        (0..anchors.len(), 0u8..=128, any::<u128>(), 0u8..=128).prop_map(
+            move |(a, len, noise, noise_bits)| {
+                let noise = if noise_bits == 0 {
+                    0
+                } else {
+                    noise >> (128 - u32::from(noise_bits))
+                };
+                let addr = anchors[a] ^ noise;
+                Ipv6Net::new(Ipv6Addr::from(addr), len)
+                    .expect("length ≤ 128")
+                    .trunc()
+            },
+        )
+    }
+
+    /// A random prefix list (both families) with distinct prefixes and distinct rule ids.
+    fn prefix_list(max: usize) -> impl Strategy<Value = Vec<(IpNet, RuleId)>> {
+        (
+            prop::collection::vec(any::<u32>(), 1..6),
+            prop::collection::vec(any::<u128>(), 1..6),
+        )
+            .prop_flat_map(move |(a4, a6)| {
+                (
+                    prop::collection::vec(v4_prefix(a4), 0..max),
+                    prop::collection::vec(v6_prefix(a6), 0..max),
+                )
+            })
+            .prop_map(|(v4, v6)| {
+                let mut nets: Vec<IpNet> = v4
+                    .into_iter()
+                    .map(IpNet::V4)
+                    .chain(v6.into_iter().map(IpNet::V6))
+                    .collect();
+                nets.sort();
+                nets.dedup();
+                nets.into_iter().zip(0..).collect()
+            })
+    }
+
+    fn random_addresses() -> impl Strategy<Value = Vec<std::net::IpAddr>> {
+        prop::collection::vec(
+            prop_oneof![
+                any::<u32>().prop_map(|a| Ipv4Addr::from(a).into()),
+                any::<u128>().prop_map(|a| Ipv6Addr::from(a).into()),
+            ],
+            64,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn compiled_lookup_is_the_longest_match(
+            prefixes in prefix_list(40),
+            addresses in random_addresses(),
+        ) {
+            let table = Table::compile(&prefixes, REGION).expect("fits");
+            assert_agrees(&table, &prefixes, &addresses);
+        }
+
+        #[test]
+        fn patched_table_is_the_longest_match_and_the_diff_reaches_it(
+            old in prefix_list(30),
+            new in prefix_list(30),
+            keep in any::<prop::sample::Index>(),
+            addresses in random_addresses(),
+        ) {
+            // A change that keeps part of the old list (so buckets are both kept and rebuilt).
+            let kept = keep.index(old.len() + 1);
+            let mut next: Vec<(IpNet, RuleId)> = old[..kept].to_vec();
+            for (p, id) in new {
+                if !next.iter().any(|(q, _)| *q == p) {
+                    next.push((p, id + 10_000));
+                }
+            }
+            let before = Table::compile(&old, REGION).expect("fits");
+            let after = before.patch(&old, &next).expect("fits");
+            assert_agrees(&after, &next, &addresses);
+            let mut written = before.clone();
+            written.apply(&TableDiff::between(&before, &after));
+            prop_assert_eq!(&written, &after);
+            // Reading the patched table back from region memory (with garbage after it) gives
+            // the same table, and patching again from it still agrees.
+            let mut chunk_memory = after.chunks().to_vec();
+            chunk_memory.resize(after.chunks().len() + 7, Chunk { runs: 1, base: 3, inherited: 9 });
+            let mut entry_memory = after.entries().to_vec();
+            entry_memory.resize(after.entries().len() + 5, 77);
+            let read = Table::from_memory(REGION, after.roots(), &chunk_memory, &entry_memory);
+            // What nothing reaches any more (a removed bucket at the end) may be left out.
+            prop_assert_eq!(read.roots(), after.roots());
+            prop_assert!(after.chunks().starts_with(read.chunks()));
+            prop_assert!(after.entries().starts_with(read.entries()));
+            assert_agrees(&read, &next, &addresses);
+            let again = read.patch(&next, &old).expect("fits");
+            assert_agrees(&again, &old, &addresses);
+        }
+    }
+
+    #[test]
+    fn extreme_lengths_and_nesting() {
+        let prefixes = vec![
+            (net("0.0.0.0/0"), 0),
+            (net("10.0.0.0/8"), 1),
+            (net("10.1.0.0/16"), 2),
+            (net("10.1.2.0/24"), 3),
+            (net("10.1.2.3/32"), 4),
+            (net("10.1.2.128/25"), 5),
+            (net("255.255.255.255/32"), 6),
+            (net("::/0"), 7),
+            (net("2001:db8::/32"), 8),
+            (net("2001:db8::1/128"), 9),
+            (net("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128"), 10),
+            (net("2001:db8:0:1::/64"), 11),
+        ];
+        let table = Table::compile(&prefixes, REGION).expect("fits");
+        assert_agrees(&table, &prefixes, &[]);
+        assert_eq!(table.lookup_v4([10, 1, 2, 3]), Some(4));
+        assert_eq!(table.lookup_v4([10, 1, 2, 4]), Some(3));
+        assert_eq!(table.lookup_v4([10, 1, 2, 200]), Some(5));
+        assert_eq!(table.lookup_v4([11, 0, 0, 0]), Some(0));
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        a[15] = 1;
+        assert_eq!(table.lookup_v6(a), Some(9));
+    }
+
+    #[test]
+    fn empty_list_misses_everything() {
+        let table = Table::compile(&[], REGION).expect("fits");
+        assert_eq!(table.lookup_v4([1, 2, 3, 4]), None);
+        assert_eq!(table.lookup_v6([0; 16]), None);
+        assert!(table.chunks().is_empty() && table.entries().is_empty());
+    }
+
+    #[test]
+    fn adjacent_prefixes_with_distinct_rules_stay_distinct() {
+        let prefixes = vec![(net("192.0.2.0/25"), 0), (net("192.0.2.128/25"), 1)];
+        let table = Table::compile(&prefixes, REGION).expect("fits");
+        assert_eq!(table.lookup_v4([192, 0, 2, 127]), Some(0));
+        assert_eq!(table.lookup_v4([192, 0, 2, 128]), Some(1));
+        assert_eq!(table.lookup_v4([192, 0, 3, 0]), None);
+    }
+
+    #[test]
+    fn at_capacity_fits_and_one_more_chunk_is_an_error() {
+        // Four /32s in four different /16s: each is a lone prefix under its root, a tail of
+        // two chunks.
+        let prefixes: Vec<(IpNet, RuleId)> = (0..4u32)
+            .map(|i| (net(&format!("10.{i}.0.1/32")), i))
+            .collect();
+        let exact = Region {
+            chunk_capacity: 8,
+            ..REGION
+        };
+        let table = Table::compile(&prefixes, exact).expect("exactly fits");
+        assert_eq!(table.chunks().len(), 8);
+        assert_agrees(&table, &prefixes, &[]);
+        let small = Region {
+            chunk_capacity: 7,
+            ..REGION
+        };
+        assert_eq!(
+            Table::compile(&prefixes, small),
+            Err(TableError::Full {
+                what: "chunks",
+                capacity: 7
+            })
+        );
+    }
+
+    #[test]
+    fn a_small_change_writes_a_small_diff() {
+        let prefixes: Vec<(IpNet, RuleId)> = (0..10_000u32)
+            .map(|i| {
+                let a = i.wrapping_mul(2_654_435_761);
+                (
+                    IpNet::V4(Ipv4Net::new(Ipv4Addr::from(a), 24).unwrap().trunc()),
+                    i,
+                )
+            })
+            .collect();
+        let mut prefixes = prefixes;
+        prefixes.sort();
+        prefixes.dedup_by_key(|(p, _)| *p);
+        let before = Table::compile(&prefixes, REGION).expect("fits");
+        let mut after_list = prefixes.clone();
+        after_list.push((net("203.0.113.0/24"), 99_999));
+        let after = before.patch(&prefixes, &after_list).expect("fits");
+        let diff = TableDiff::between(&before, &after);
+        assert!(diff.len() <= 12, "{} writes for one prefix", diff.len());
+        assert_eq!(after.lookup_v4([203, 0, 113, 9]), Some(99_999));
+    }
+
+    #[test]
+    fn a_full_region_falls_back_to_a_compact_compile() {
+        let prefixes = vec![(net("10.0.0.1/32"), 0)];
+        let tight = Region {
+            chunk_capacity: 2,
+            entry_capacity: 8,
+            ..REGION
+        };
+        let mut table = Table::compile(&prefixes, tight).expect("fits");
+        let mut list = prefixes.clone();
+        for round in 1..20u32 {
+            let next = vec![(net(&format!("10.0.0.{round}/32")), round)];
+            table = table.patch(&list, &next).expect("compacts");
+            list = next;
+            assert_agrees(&table, &list, &[]);
+            assert!(table.chunks().len() <= 2);
+        }
+    }
+}
