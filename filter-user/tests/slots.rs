@@ -9,7 +9,7 @@ use apifence::{
     kernel::operations::{self, AttachOptions, Filter},
     kernel::paths::PinLayout,
     policy::compile::slot_prefixes,
-    policy::{Mode, Policy},
+    policy::{Lookup, Mode, Policy},
 };
 use apifence_tests::{bpffs::Bpffs, require_privileges};
 use ipnet::IpNet;
@@ -55,7 +55,13 @@ fn incremental_writes_keep_tries_equal_to_the_records() {
     }
     let bpffs = Bpffs::new().expect("bpffs");
     let layout = PinLayout::new(bpffs.path());
-    operations::attach(&layout, &AttachOptions::default()).expect("load");
+    // The tries are what this test reads back: they judge packets with the LPM-trie lookup
+    // (the compiled table's incremental patching has its own tests in lookups_agree.rs).
+    let options = AttachOptions {
+        lookup: Some(Lookup::LpmTrie),
+        ..AttachOptions::default()
+    };
+    operations::attach(&layout, &options).expect("load");
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     for round in 0..60 {
         let policy = Policy {

@@ -62,8 +62,9 @@ struct MapElemAttr {
 pub enum GracePeriodError {
     /// Creating one of the two maps failed.
     #[error(
-        "creating the {which} map that provides RCU grace periods: {source}; without it a policy \
-         change can't be made atomic, so nothing was changed (needs CAP_BPF or root)"
+        "creating the {which} map that provides RCU grace periods failed; without it a policy \
+         change can't be made atomic, so nothing was changed (needs root or CAP_BPF, and before \
+         Linux 5.11 a RLIMIT_MEMLOCK it may raise: LimitMEMLOCK=infinity in the unit)"
     )]
     Create {
         /// `"inner"` or `"outer (array of maps)"`.
@@ -105,9 +106,30 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     }
 }
 
+/// Raises `RLIMIT_MEMLOCK` to unlimited. Kernels before 5.11 charge BPF maps against it, per
+/// user and across processes, so once the filter's own maps exist even a one-element map
+/// fails with `EPERM` under the default limit (as aya does for its maps).
+fn raise_memlock() -> io::Result<()> {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: `unlimited` is a valid rlimit for the duration of the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn create_map(attr: &mut MapCreateAttr, which: &'static str) -> Result<OwnedFd, GracePeriodError> {
-    let fd =
-        bpf(BPF_MAP_CREATE, attr).map_err(|source| GracePeriodError::Create { which, source })?;
+    let created = match bpf(BPF_MAP_CREATE, attr) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) && raise_memlock().is_ok() => {
+            bpf(BPF_MAP_CREATE, attr)
+        }
+        other => other,
+    };
+    let fd = created.map_err(|source| GracePeriodError::Create { which, source })?;
     // SAFETY: BPF_MAP_CREATE returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
