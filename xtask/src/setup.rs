@@ -148,7 +148,19 @@ fn llvm_prefix() -> Result<PathBuf> {
 
 /// Installs the Debian packages whose commands are missing (one `apt-get update` first).
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    apt_install(&APT_PACKAGES)
+}
+
+/// Debian packages `cargo xtask package` needs on top of [`APT_PACKAGES`], each with a command
+/// it provides: lintian checks the package; dpkg-dev's dpkg-shlibdeps gives cargo-deb the
+/// binary's library dependencies.
+pub const PACKAGE_APT_PACKAGES: [(&str, &str); 2] =
+    [("lintian", "lintian"), ("dpkg-dev", "dpkg-shlibdeps")];
+
+/// Installs those of `packages` (package, a command it provides) whose command is missing,
+/// with `--no-install-recommends --no-remove` (one `apt-get update` first).
+pub fn apt_install(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter_map(|&(package, command)| match which(command) {
             Some(_) => {
@@ -168,11 +180,11 @@ fn apt_packages() -> Result<()> {
     run_live(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y"])
+            .args(["install", "-y", "--no-install-recommends", "--no-remove"])
             .args(&missing),
         APT_TIMEOUT,
     )?;
-    for &(package, command) in APT_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+    for &(package, command) in packages.iter().filter(|(p, _)| missing.contains(p)) {
         if which(command).is_none() {
             bail!("{package} installed but `{command}` is still not found");
         }
