@@ -1,10 +1,12 @@
 //! Project tasks, run as `cargo xtask <task>`: `setup` installs what a task needs (each task runs
-//! it for itself, installing only its own needs), `build` builds the release CLI, `test` runs the full check suite (what CI runs), `demo` shows
-//! the filter at work in a namespace lab.
+//! it for itself, installing only its own needs), `build` builds the release CLI, `test` runs the
+//! full check suite (what CI runs), `demo` shows the filter at work in a namespace lab, `package`
+//! builds and checks the Debian package, `vm-test` runs the kernel matrix.
 
 mod bench;
 mod build;
 mod demo;
+mod package;
 mod process;
 mod setup;
 mod test;
@@ -44,6 +46,9 @@ enum Task {
         #[arg(long)]
         lab_only: bool,
     },
+    /// Build the Debian package (target/debian/apifence_*.deb) and check it: contents, conffile,
+    /// man pages, completions, lintian (installs lintian and cargo-deb when missing).
+    Package,
     /// Measure apifence against the kernel's alternatives; writes BENCHMARKS.md and bench/
     /// (needs root).
     Bench(bench::BenchArgs),
@@ -60,6 +65,7 @@ fn main() -> ExitCode {
         Task::Build => build::release().map(|path| println!("{}", path.display())),
         Task::Test => test::run(),
         Task::Demo { lab_only } => demo::run(lab_only),
+        Task::Package => package::run().map(|deb| println!("{}", deb.display())),
         Task::Bench(args) => bench::run(&args),
         Task::VmTest(args) => vm::run(&args),
     };

@@ -33,11 +33,19 @@ pub enum Task {
     Test,
     /// `cargo xtask bench`: the build toolchain and the tools measured against.
     Bench,
+    /// `cargo xtask package`: the build toolchain and the Debian packaging tools.
+    Package,
 }
 
 impl Task {
     /// Every task: what plain `cargo xtask setup` prepares for.
-    pub const ALL: [Task; 4] = [Task::Build, Task::Demo, Task::Test, Task::Bench];
+    pub const ALL: [Task; 5] = [
+        Task::Build,
+        Task::Demo,
+        Task::Test,
+        Task::Bench,
+        Task::Package,
+    ];
 }
 
 /// A Debian package some tasks need.
@@ -54,7 +62,7 @@ pub struct AptPackage {
 }
 
 /// Every Debian package any task needs: the one table of what setup may install.
-pub const APT_PACKAGES: [AptPackage; 8] = [
+pub const APT_PACKAGES: [AptPackage; 10] = [
     AptPackage {
         package: "gcc",
         command: "cc",
@@ -103,6 +111,18 @@ pub const APT_PACKAGES: [AptPackage; 8] = [
         why: "the kernel matrix's check that detach leaves no program behind, and the \
               benchmark's map memory cross-check",
         tasks: &[Task::Test, Task::Bench],
+    },
+    AptPackage {
+        package: "lintian",
+        command: "lintian",
+        why: "checks the Debian package (`cargo xtask package`, run by the test suite)",
+        tasks: &[Task::Test, Task::Package],
+    },
+    AptPackage {
+        package: "dpkg-dev",
+        command: "dpkg-shlibdeps",
+        why: "gives cargo-deb the binary's library dependencies",
+        tasks: &[Task::Test, Task::Package],
     },
 ];
 

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: what CI runs. Setup, format check, clippy (host crates and the eBPF crate
-//! for its real target), the CLI binary, then every test with privileged tests required.
+//! for its real target), the CLI binary, every test with privileged tests required, then the
+//! Debian package built and checked (`cargo xtask package`).
 
 use std::time::Duration;
 
@@ -7,6 +8,7 @@ use anyhow::{Result, bail};
 use apifence_tests::privileges::{BIN_ENV, REQUIRE_ENV};
 
 use crate::build::{BUILD_TIMEOUT, binary};
+use crate::package;
 use crate::process::{cargo, run_live, run_live_lines};
 use crate::setup;
 
@@ -88,6 +90,8 @@ pub fn run() -> Result<()> {
         "kernel matrix",
         crate::vm::run(&crate::vm::VmArgs::default()),
     );
+    // After the tests, whose build the package's docs generator reuses.
+    step("package", package::run().map(|_| ()));
     if totals.ignored > 0 {
         eprintln!(
             "xtask test: {} test(s) are #[ignore]d; an ignored test proves nothing, so the run fails",
