@@ -6,6 +6,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod package;
 mod process;
 mod setup;
@@ -55,6 +56,9 @@ enum Task {
     /// Boot Debian's 5.10, 6.1 and 6.12 kernels in qemu and run the filter end to end in each;
     /// writes target/kernel-matrix.md (needs root).
     VmTest(vm::VmArgs),
+    /// Fuzz the parsers (range language, config, service tags, socket protocol, deny events)
+    /// with cargo fuzz for a bounded time or number of runs each.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Task::Package => package::run().map(|deb| println!("{}", deb.display())),
         Task::Bench(args) => bench::run(&args),
         Task::VmTest(args) => vm::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -92,6 +92,14 @@ pub fn run() -> Result<()> {
     );
     // After the tests, whose build the package's docs generator reuses.
     step("package", package::run().map(|_| ()));
+    step(
+        "fuzz (short)",
+        crate::fuzz::run(&crate::fuzz::FuzzArgs {
+            seconds: 20,
+            runs: None,
+            target: None,
+        }),
+    );
     if totals.ignored > 0 {
         eprintln!(
             "xtask test: {} test(s) are #[ignore]d; an ignored test proves nothing, so the run fails",
