@@ -9,7 +9,8 @@ use aya::programs::ProgramInfo;
 
 mod support;
 
-/// Instructions the verifier may process before it rejects a program (`BPF_COMPLEXITY_LIMIT_INSNS`).
+/// Instructions the verifier may process before it rejects a program
+/// (`BPF_COMPLEXITY_LIMIT_INSNS`).
 const VERIFIER_LIMIT: u32 = 1_000_000;
 /// Size of one eBPF instruction.
 const INSN_BYTES: u32 = 8;

@@ -27,12 +27,16 @@ pub fn compile_release() -> Result<PathBuf> {
     binary("release")
 }
 
+/// The cargo target directory (`CARGO_TARGET_DIR` or the workspace's `target/`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
 /// Path of the `apifence` binary of `profile`, failing if it wasn't built.
 pub fn binary(profile: &str) -> Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let path = target.join(profile).join("apifence");
+    let path = target_dir().join(profile).join("apifence");
     if !path.is_file() {
         bail!("{} was not produced by the build", path.display());
     }

@@ -19,7 +19,7 @@ ln -s /run /var/run
 ip() { /usr/sbin/ip "$@"; }
 
 # Seconds a TCP probe may take: it succeeds in milliseconds, a dropped SYN runs it out.
-PROBE_SECS=6
+PROBE_SECS=8
 AUTHORIZED="198.18.0.0/24, fd00:afde::/64"
 
 say() { echo "APIFENCE-VM $*"; }
@@ -28,7 +28,7 @@ say() { echo "APIFENCE-VM $*"; }
 check() {
     name=$1
     shift
-    echo "--- $name: $*"
+    echo "--- $name: $* (uptime $(cut -d ' ' -f 1 /proc/uptime) s)"
     if "$@"; then
         say "PASS $name"
     else
@@ -45,11 +45,13 @@ load_modules() {
 }
 
 lab() {
-    ip link set lo up || return 1
+    # No duplicate address detection: addresses are usable at once (no tentative window).
+    sysctl -qw net.ipv6.conf.default.accept_dad=0 && ip link set lo up || return 1
     for side in good:0 bad:1; do
         ns=${side%:*}
         n=${side#*:}
         ip netns add "$ns" &&
+            ip netns exec "$ns" sysctl -qw net.ipv6.conf.default.accept_dad=0 &&
             ip link add "api$n" type veth peer name eth0 netns "$ns" &&
             ip addr add "198.18.$n.1/24" dev "api$n" &&
             ip addr add "fd00:afde:$n::1/64" dev "api$n" nodad &&
@@ -86,6 +88,7 @@ probe() {
 probes() {
     tag=$1
     filtered=$2
+    echo "--- tcp-$tag: 8 probes at once (uptime $(cut -d ' ' -f 1 /proc/uptime) s)"
     rm -f /tmp/probe-*
     for spec in good:v4:198.18.0.1 good:v6:[fd00:afde:0::1] bad:v4:198.18.1.1 bad:v6:[fd00:afde:1::1]; do
         who=${spec%%:*}
@@ -166,12 +169,14 @@ stats_after_traffic() {
         [ "${would:-1}" -eq 0 ] && [ "${v4_hits:-0}" -ge 1 ] && [ "${v6_hits:-0}" -ge 1 ]
 }
 
-# nothing_left: no XDP on the links, no pin in the bpffs, no XDP program loaded. Bounded wait:
-# the kernel releases unpinned objects after an RCU grace period.
+# nothing_left: no XDP on the links, no pin in the bpffs, no BPF program or map loaded (nothing
+# else in this guest loads any). Bounded wait: the kernel releases unpinned objects after an RCU
+# grace period.
 nothing_left() {
     for _ in $(seq 50); do
         if ! ip link show api0 | grep -q xdp && ! ip link show api1 | grep -q xdp &&
-            [ -z "$(ls -A /sys/fs/bpf)" ] && ! bpftool prog show | grep -q xdp; then
+            [ -z "$(ls -A /sys/fs/bpf)" ] && [ -z "$(bpftool prog show)" ] &&
+            [ -z "$(bpftool map show)" ]; then
             return 0
         fi
         sleep 0.2
@@ -179,6 +184,7 @@ nothing_left() {
     ip link show
     ls -laR /sys/fs/bpf
     bpftool prog show
+    bpftool map show
     return 1
 }
 

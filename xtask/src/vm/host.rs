@@ -105,6 +105,8 @@ fn backports_apt_args() -> Result<Vec<String>> {
         "-oAcquire::IndexTargets::deb::DEP-11::DefaultEnabled=false".to_owned(),
         // Downloads land in a directory only root can write.
         "-oAPT::Sandbox::User=root".to_owned(),
+        // Another engineer's apt may hold dpkg's lock for a while: wait for it, bounded.
+        "-oDPkg::Lock::Timeout=300".to_owned(),
         "-t".to_owned(),
         format!("{codename}-backports"),
     ])

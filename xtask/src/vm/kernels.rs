@@ -3,13 +3,16 @@
 //! touched, nothing is installed), unpacked with `dpkg -x`, and cached with the modules the guest
 //! needs under `~/.cache/apifence/kernels/<label>/`.
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use apifence_tests::cmd::{check, output_with_timeout};
 
+use super::bzimage;
 use crate::process::run_live;
 
 /// A Debian suite, with the archive lines of its private apt configuration.
@@ -81,12 +84,14 @@ const APT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 const UNPACK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// Deepest module dependency chain followed (a cycle or a broken tree fails instead).
 const MAX_MODULE_DEPTH: usize = 8;
+/// Bound on waiting for another run's fetch (three downloads at most).
+const LOCK_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// A kernel ready to boot, from the cache.
 #[derive(Clone, Debug)]
 pub struct CachedKernel {
-    /// The kernel image (`vmlinuz`).
-    pub vmlinuz: PathBuf,
+    /// The kernel ELF (`vmlinux`, out of the package's `vmlinuz`), which qemu boots directly.
+    pub vmlinux: PathBuf,
     /// Modules to load, in order (dependencies first), decompressed.
     pub modules: Vec<PathBuf>,
     /// `uname -r` of the kernel (`6.1.0-57-amd64`).
@@ -101,10 +106,66 @@ pub fn cache_root() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache/apifence/kernels"))
 }
 
-/// The kernel from the cache, downloading and unpacking it first when it isn't there or when
-/// `refresh` asks for the suite's newest package.
-pub fn fetch(kernel: &Kernel, refresh: bool) -> Result<CachedKernel> {
+/// The kernels from the cache, each downloaded and unpacked first when it isn't there or when
+/// `refresh` asks for the suite's newest package. Holds the cache's lock meanwhile.
+pub fn fetch_all(kernels: &[Kernel], refresh: bool) -> Result<Vec<CachedKernel>> {
     let root = cache_root()?;
+    let _lock = CacheLock::acquire(&root)?;
+    kernels
+        .iter()
+        .map(|kernel| {
+            let started = Instant::now();
+            let cached = fetch(&root, kernel, refresh)?;
+            println!(
+                "vm: kernel {} ready in {:.1} s",
+                kernel.label,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(cached)
+        })
+        .collect()
+}
+
+/// An exclusive `flock` on `<cache>/.lock`: runs from several worktrees share the cache and its
+/// apt state, so one fetches at a time. Released when dropped (the file closes).
+struct CacheLock {
+    _file: File,
+}
+
+impl CacheLock {
+    /// Takes the lock, waiting at most [`LOCK_TIMEOUT`] for another run to release it.
+    fn acquire(root: &Path) -> Result<CacheLock> {
+        std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+        let path = root.join(".lock");
+        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let deadline = Instant::now() + LOCK_TIMEOUT;
+        let mut said = false;
+        loop {
+            // SAFETY: flock on a file descriptor this function owns; no memory is involved.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(CacheLock { _file: file });
+            }
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(error).with_context(|| format!("locking {}", path.display()));
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} is still locked by another run after {LOCK_TIMEOUT:?}",
+                    path.display()
+                );
+            }
+            if !said {
+                println!("vm: waiting for another run to release {}", path.display());
+                said = true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// `kernel` from the cache under `root`, fetched first when needed.
+fn fetch(root: &Path, kernel: &Kernel, refresh: bool) -> Result<CachedKernel> {
     let dir = root.join(kernel.label);
     if !refresh && let Some(cached) = read_cache(&dir)? {
         println!(
@@ -146,9 +207,9 @@ pub fn fetch(kernel: &Kernel, refresh: bool) -> Result<CachedKernel> {
     read_cache(&dir)?.with_context(|| format!("{} incomplete after unpacking", dir.display()))
 }
 
-/// Copies what the guest needs out of an unpacked image package into `staged`: `vmlinuz`,
-/// `release`, the modules (decompressed, named `NN-name.ko` in load order) and, last, the
-/// `package` stamp that marks the directory complete.
+/// Copies what the guest needs out of an unpacked image package into `staged`: `vmlinuz` and
+/// the `vmlinux` inside it, `release`, the modules (decompressed, named `NN-name.ko` in load
+/// order) and, last, the `package` stamp that marks the directory complete.
 fn stage(unpacked: &Path, staged: &Path, package: &str) -> Result<()> {
     let boot = unpacked.join("boot");
     let vmlinuz = std::fs::read_dir(&boot)
@@ -181,16 +242,22 @@ fn stage(unpacked: &Path, staged: &Path, package: &str) -> Result<()> {
     }
     std::fs::copy(&vmlinuz, staged.join("vmlinuz"))
         .with_context(|| format!("copying {}", vmlinuz.display()))?;
+    bzimage::extract_vmlinux(&vmlinuz, &staged.join("vmlinux"))?;
     std::fs::write(staged.join("release"), &release)?;
     std::fs::write(staged.join("package"), package)?;
     Ok(())
 }
 
-/// The cached kernel in `dir`, or `None` when it isn't complete.
+/// The cached kernel in `dir`, or `None` when it isn't complete (or was made before the cache
+/// held `vmlinux`).
 fn read_cache(dir: &Path) -> Result<Option<CachedKernel>> {
     let Ok(package) = std::fs::read_to_string(dir.join("package")) else {
         return Ok(None);
     };
+    let vmlinux = dir.join("vmlinux");
+    if !vmlinux.is_file() {
+        return Ok(None);
+    }
     let release = std::fs::read_to_string(dir.join("release"))
         .with_context(|| format!("{} has a package stamp but no release", dir.display()))?;
     let mut modules: Vec<PathBuf> = std::fs::read_dir(dir.join("modules"))
@@ -200,7 +267,7 @@ fn read_cache(dir: &Path) -> Result<Option<CachedKernel>> {
         .collect();
     modules.sort();
     Ok(Some(CachedKernel {
-        vmlinuz: dir.join("vmlinuz"),
+        vmlinux,
         modules,
         release: release.trim().to_owned(),
         package: package.trim().to_owned(),

@@ -1,10 +1,11 @@
 //! `cargo xtask vm-test`: the kernel matrix. Boots each Debian kernel of [`kernels::KERNELS`] in
-//! qemu with an initramfs holding the freshly built `apifence` binary and the verdict-table test
-//! binary, runs `guest.sh` there (real XDP in native and skb mode on veth pairs between network
-//! namespaces, real TCP, stats, detach leaving nothing, `BPF_PROG_TEST_RUN` verdict table), reads
-//! a PASS/FAIL line per check from the serial console, and writes the per-kernel table (with the
-//! verifier's figures) to `target/kernel-matrix.md`.
+//! qemu with an initramfs holding the freshly built `apifence` binary and filter-user's
+//! `verdicts` and `program_info` test binaries, runs `guest.sh` there (real XDP in native and skb
+//! mode on veth pairs between network namespaces, real TCP, stats, detach leaving nothing, the
+//! `BPF_PROG_TEST_RUN` verdict table, the verifier's figures), reads a PASS/FAIL line per check
+//! from the serial console, and writes the per-kernel table to `target/kernel-matrix.md`.
 
+mod bzimage;
 mod host;
 mod initramfs;
 mod kernels;
@@ -19,10 +20,10 @@ use anyhow::{Context, Result, bail};
 use apifence_tests::cmd::{check, output_with_timeout};
 use clap::{Args, ValueEnum};
 
-use crate::build::{BUILD_TIMEOUT, binary};
-use crate::process::{cargo, run_live, workspace_root};
+use crate::build::{BUILD_TIMEOUT, binary, target_dir};
+use crate::process::{cargo, run_live};
 use initramfs::Initramfs;
-use kernels::{KERNELS, Kernel};
+use kernels::{CachedKernel, KERNELS, Kernel};
 use qemu::Accel;
 use report::{GuestReport, Row};
 
@@ -71,16 +72,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let common = guest_files(&tools, &work)?;
 
-    let mut cached = Vec::new();
-    for kernel in &selected {
-        let t = Instant::now();
-        cached.push(kernels::fetch(kernel, args.refresh)?);
-        println!(
-            "vm: kernel {} ready in {:.1} s",
-            kernel.label,
-            t.elapsed().as_secs_f64()
-        );
-    }
+    let cached = kernels::fetch_all(&selected, args.refresh)?;
     let accel = match args.accel {
         AccelChoice::Kvm => Accel::Kvm,
         AccelChoice::Tcg => {
@@ -88,7 +80,8 @@ pub fn run(args: &VmArgs) -> Result<()> {
             Accel::Tcg
         }
         AccelChoice::Auto => {
-            qemu::choose_accel(&tools.qemu, &tools.busybox, &cached[0].vmlinuz, &work)?
+            let probe = cached.first().context("no kernel selected")?;
+            qemu::choose_accel(&tools.qemu, &tools.busybox, &probe.vmlinux, &work)?
         }
     };
     let timeout = match accel {
@@ -98,6 +91,53 @@ pub fn run(args: &VmArgs) -> Result<()> {
 
     let mut rows = Vec::new();
     for (kernel, cached) in selected.iter().zip(&cached) {
+        let guest = Guest {
+            kernel,
+            cached,
+            accel,
+            timeout,
+        };
+        rows.push(guest.run(&tools, &common, &work)?);
+    }
+
+    let table = report::table(&rows);
+    let out = target_dir().join("kernel-matrix.md");
+    std::fs::write(&out, &table).with_context(|| format!("writing {}", out.display()))?;
+    println!("\n{table}");
+    println!(
+        "vm: table written to {}; whole matrix {:.0} s",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|r| !r.report.ok())
+        .map(|r| r.label.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("kernel matrix failed on {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// One kernel's run.
+struct Guest<'a> {
+    kernel: &'a Kernel,
+    cached: &'a CachedKernel,
+    accel: Accel,
+    timeout: Duration,
+}
+
+impl Guest<'_> {
+    /// Writes the kernel's initramfs (`common` plus its modules), boots it and reads its console;
+    /// prints the console when a check failed.
+    fn run(&self, tools: &host::Tools, common: &Initramfs, work: &Path) -> Result<Row> {
+        let Guest {
+            kernel,
+            cached,
+            accel,
+            timeout,
+        } = *self;
         let mut files = common.clone();
         for module in &cached.modules {
             let name = module.file_name().context("module file name")?;
@@ -118,7 +158,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
         let boot = qemu::boot(
             &tools.qemu,
             accel,
-            &cached.vmlinuz,
+            &cached.vmlinux,
             &initrd,
             &work.join(format!("guest-{}.log", kernel.label)),
             timeout,
@@ -154,33 +194,14 @@ pub fn run(args: &VmArgs) -> Result<()> {
                 kernel.label, boot.console, kernel.label
             );
         }
-        rows.push(Row {
+        Ok(Row {
             label: kernel.label.to_owned(),
             package: cached.package.clone(),
             report,
             elapsed: boot.elapsed,
             accel: accel.name(),
-        });
+        })
     }
-
-    let table = report::table(&rows);
-    let out = target_dir().join("kernel-matrix.md");
-    std::fs::write(&out, &table).with_context(|| format!("writing {}", out.display()))?;
-    println!("\n{table}");
-    println!(
-        "vm: table written to {}; whole matrix {:.0} s",
-        out.display(),
-        started.elapsed().as_secs_f64()
-    );
-    let failed: Vec<&str> = rows
-        .iter()
-        .filter(|r| !r.report.ok())
-        .map(|r| r.label.as_str())
-        .collect();
-    if !failed.is_empty() {
-        bail!("kernel matrix failed on {}", failed.join(", "));
-    }
-    Ok(())
 }
 
 /// The kernels named by `labels` (all when empty).
@@ -201,13 +222,6 @@ fn select(labels: &[String]) -> Result<Vec<Kernel>> {
                 })
         })
         .collect()
-}
-
-/// The cargo target directory (`CARGO_TARGET_DIR` or the workspace's `target/`).
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// Builds the binaries and gathers everything every guest gets (all but the kernel modules).
@@ -235,9 +249,18 @@ fn guest_files(tools: &host::Tools, work: &Path) -> Result<Initramfs> {
     Ok(fs)
 }
 
-/// Builds the integration test `name` of filter-user and returns its executable.
+/// Builds the integration test `name` of filter-user and returns its executable. Built with the
+/// workspace's features, as `cargo xtask test` builds the suite, so that run reuses its build.
 fn test_binary(name: &str) -> Result<PathBuf> {
-    let args = ["test", "-p", "filter-user", "--test", name, "--no-run"];
+    let args = [
+        "test",
+        "--workspace",
+        "--exclude",
+        "filter-ebpf",
+        "--test",
+        name,
+        "--no-run",
+    ];
     run_live(cargo().args(args), BUILD_TIMEOUT)?;
     // Built now: asking again for the machine-readable form is quick and names the file.
     let out = output_with_timeout(

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use apifence_tests::cmd::{describe, wait_with_timeout};
 
 use super::initramfs::Initramfs;
@@ -53,12 +53,12 @@ pub struct Boot {
     pub log: PathBuf,
 }
 
-/// Boots `vmlinuz` with `initrd`; the serial console goes to `log`. Qemu is killed after
-/// `timeout`.
+/// Boots the kernel ELF `vmlinux` (through its PVH entry) with `initrd`; the serial console goes
+/// to `log`. Qemu is killed after `timeout`.
 pub fn boot(
     qemu: &Path,
     accel: Accel,
-    vmlinuz: &Path,
+    vmlinux: &Path,
     initrd: &Path,
     log: &Path,
     timeout: Duration,
@@ -82,7 +82,7 @@ pub fn boot(
         .arg("-serial")
         .arg(format!("file:{}", log.display()))
         .arg("-kernel")
-        .arg(vmlinuz)
+        .arg(vmlinux)
         .arg("-initrd")
         .arg(initrd)
         .args(["-append", CMDLINE])
@@ -115,8 +115,8 @@ pub fn boot(
 
 /// KVM if `/dev/kvm` is usable and a probe guest really runs under it; otherwise TCG, saying
 /// why loudly (on this machine class `/dev/kvm` exists but KVM guests die).
-pub fn choose_accel(qemu: &Path, busybox: &Path, vmlinuz: &Path, work: &Path) -> Result<Accel> {
-    let why_not = match kvm_usable(qemu, busybox, vmlinuz, work) {
+pub fn choose_accel(qemu: &Path, busybox: &Path, vmlinux: &Path, work: &Path) -> Result<Accel> {
+    let why_not = match kvm_usable(qemu, busybox, vmlinux, work) {
         Ok(()) => {
             println!("vm: KVM works: guests run with -accel kvm");
             return Ok(Accel::Kvm);
@@ -132,7 +132,7 @@ pub fn choose_accel(qemu: &Path, busybox: &Path, vmlinuz: &Path, work: &Path) ->
 
 /// Fails with the reason when KVM can't run a guest: no `/dev/kvm`, no access to it, or a
 /// trivial guest that doesn't print its marker under `-accel kvm`.
-fn kvm_usable(qemu: &Path, busybox: &Path, vmlinuz: &Path, work: &Path) -> Result<()> {
+fn kvm_usable(qemu: &Path, busybox: &Path, vmlinux: &Path, work: &Path) -> Result<()> {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -151,7 +151,7 @@ fn kvm_usable(qemu: &Path, busybox: &Path, vmlinuz: &Path, work: &Path) -> Resul
     let boot = boot(
         qemu,
         Accel::Kvm,
-        vmlinuz,
+        vmlinux,
         &initrd,
         &work.join("kvm-probe.log"),
         KVM_PROBE_TIMEOUT,
@@ -160,10 +160,17 @@ fn kvm_usable(qemu: &Path, busybox: &Path, vmlinuz: &Path, work: &Path) -> Resul
         return Ok(());
     }
     let tail: Vec<&str> = boot.console.lines().rev().take(5).collect();
-    anyhow::bail!(
-        "a probe guest under -accel kvm {} after {:.1?} without printing its marker; last lines: {}",
+    let said = if tail.is_empty() {
+        "nothing on its console".to_owned()
+    } else {
+        format!(
+            "its last lines: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        )
+    };
+    bail!(
+        "a probe guest under -accel kvm {} after {:.1?} without printing its marker ({said})",
         if boot.timed_out { "hung" } else { "died" },
         boot.elapsed,
-        tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
     )
 }
