@@ -249,3 +249,36 @@ fn hostile_names_are_refused_escaped_and_never_panic() {
         "{stderr}"
     );
 }
+
+#[test]
+fn oversized_config_and_list_files_are_refused_with_a_clear_error() {
+    // 9 MiB of comments: valid TOML, but over the config limit.
+    let line = format!("# {}\n", "x".repeat(1021));
+    let path = temp_file("huge.toml", &line.repeat(9 * 1024));
+    let out = apifence(&["check-config", path.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a 9 MiB config was accepted");
+    assert!(
+        stderr.contains("it is larger than 8 MiB, the limit for this input"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("huge.toml"), "names the file: {stderr}");
+    std::fs::remove_file(&path).expect("clean up");
+
+    let path = temp_file("huge-list.txt", &"10.0.0.0/8\n".repeat(33 << 20 >> 3));
+    let out = apifence(&[
+        "--socket",
+        "/nonexistent/apifence.sock",
+        "ranges",
+        "set",
+        "--file",
+        path.to_str().expect("utf-8"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a 33 MiB list was accepted");
+    assert!(
+        stderr.contains("reading the list from") && stderr.contains("larger than 32 MiB"),
+        "{stderr}"
+    );
+    std::fs::remove_file(&path).expect("clean up");
+}

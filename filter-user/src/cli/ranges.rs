@@ -1,7 +1,7 @@
 //! `apifence ranges set|add|remove|show`: the authorized list, through the daemon when one
 //! answers, else on the pins.
 
-use std::{collections::BTreeMap, io::Read, path::PathBuf};
+use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::{Context, change::ChangeArgs, output, remote};
 use crate::{
+    daemon::bounded_read,
     daemon::protocol::{EntryMeta, RangesChange, Reply, Request},
     kernel::operations::Filter,
     policy::language::{RangeList, parse_authorized, parse_prefixes},
@@ -72,15 +73,13 @@ impl ListArgs {
         match (&self.list, &self.file) {
             (Some(list), _) => Ok(list.clone()),
             (None, Some(path)) => {
-                let mut text = String::new();
-                if path.as_os_str() == "-" {
-                    std::io::stdin()
-                        .read_to_string(&mut text)
-                        .context("reading the list from stdin")?;
+                let text = if path.as_os_str() == "-" {
+                    bounded_read::read_text(std::io::stdin(), bounded_read::MAX_LIST_BYTES)
+                        .context("reading the list from stdin")?
                 } else {
-                    text = std::fs::read_to_string(path)
-                        .with_context(|| format!("reading the list from {}", path.display()))?;
-                }
+                    bounded_read::read_file(path, bounded_read::MAX_LIST_BYTES)
+                        .with_context(|| format!("reading the list from {}", path.display()))?
+                };
                 Ok(strip_comments(&text))
             }
             (None, None) => bail!("give a LIST or --file PATH"),

@@ -34,6 +34,7 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use toml::Value;
 
 use crate::{
+    daemon::bounded_read,
     daemon::desired::{Authorized, RangeEntry, parse_single},
     kernel::names::{NameError, check_interface},
     kernel::paths::{DEFAULT_BPFFS_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR},
@@ -434,9 +435,11 @@ pub struct LoadedConfig {
 /// Reads and validates the file at `path`. Relative paths inside it are taken relative to its
 /// directory.
 pub fn load(path: &Path) -> Result<LoadedConfig, ConfigFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
-        path: path.to_path_buf(),
-        source,
+    let text = bounded_read::read_file(path, bounded_read::MAX_CONFIG_BYTES).map_err(|source| {
+        ConfigFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        }
     })?;
     let dir = path.parent().unwrap_or(Path::new("/"));
     let config = parse(&text, dir).map_err(|source| ConfigFileError::Invalid {

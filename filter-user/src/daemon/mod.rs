@@ -7,12 +7,13 @@
 //! [`engine`] (the owner: every change, reload and tick), [`hooks`] (where service tags,
 //! expiry, metrics, the deny log and the lockout guard plug in), [`telemetry`] (counters other
 //! tasks read), [`check`] (`apifence check-config`), [`secure_dir`] (directories and files the
-//! daemon trusts).
+//! daemon trusts), [`bounded_read`] (operator input read with a size bound).
 //!
 //! [`run`] is the daemon: it returns when `shutdown` resolves (SIGTERM/SIGINT in the binary,
 //! anything in tests), leaving the filter attached and enforcing (fail-static). Only
 //! `apifence detach` removes the filter.
 
+pub mod bounded_read;
 pub mod check;
 pub mod config;
 pub mod denied;
