@@ -77,7 +77,15 @@ pub fn run(context: &Context, args: AttachArgs) -> Result<()> {
         super::output::mark_applied();
     }
     for (interface, mode) in &report.attached {
-        crate::outln!("attached to {interface} ({} mode)", mode.as_str());
+        if report.repaired.contains(interface) {
+            crate::outln!(
+                "re-attached to {interface} ({} mode): its earlier attachment was stale (the \
+                 interface had been deleted and created again)",
+                mode.as_str()
+            );
+        } else {
+            crate::outln!("attached to {interface} ({} mode)", mode.as_str());
+        }
     }
     for interface in &report.already {
         crate::outln!("{interface} was already attached");

@@ -262,9 +262,20 @@ pub fn print_status(status: &StatusReply, json: bool) -> Result<()> {
     }
     for (name, link) in &status.links {
         crate::outln!(
-            "  {name}: link {} runs program {}",
+            "  {name}: link {} runs program {}{}",
             link.link_id,
-            link.program_id
+            link.program_id,
+            if link.live {
+                ""
+            } else {
+                " (STALE: the interface was recreated)"
+            }
+        );
+    }
+    if status.reattachments > 0 {
+        crate::outln!(
+            "re-attached:     {} time(s) to recreated interfaces",
+            status.reattachments
         );
     }
     if !status.missing_interfaces.is_empty() {

@@ -64,6 +64,8 @@ pub enum Command {
     },
     /// The periodic tick.
     Tick,
+    /// The kernel reported a link change (an interface created, deleted or changed).
+    LinksChanged,
 }
 
 /// The owner of the desired state.
@@ -83,6 +85,8 @@ pub struct Engine {
     missing: BTreeMap<String, String>,
     /// Attached interfaces not in the config that were already warned about.
     extra_warned: BTreeSet<String>,
+    /// Configured interfaces whose stale attachment was reported as gone (logged once).
+    gone_warned: BTreeSet<String>,
     last_attach_try: Instant,
     warned_gone: bool,
 }
@@ -196,6 +200,7 @@ impl Engine {
             watched,
             missing: BTreeMap::new(),
             extra_warned: BTreeSet::new(),
+            gone_warned: BTreeSet::new(),
             last_attach_try: Instant::now(),
             warned_gone: false,
         };
@@ -448,6 +453,12 @@ impl Engine {
                 }
             }
             Command::Tick => self.tick(),
+            Command::LinksChanged => {
+                if attach::is_loaded(&self.layout) {
+                    self.repair_stale();
+                    self.attach_missing(true);
+                }
+            }
         }
     }
 
@@ -476,7 +487,57 @@ impl Engine {
             return;
         }
         self.warned_gone = false;
+        self.repair_stale();
         self.attach_missing(false);
+    }
+
+    /// Re-attaches every configured interface whose attachment is stale (the interface was
+    /// deleted and created again, so its link filters nothing) and that exists now. Runs on
+    /// every link event and every tick; an interface that is gone is reported once.
+    fn repair_stale(&mut self) {
+        let config = self.config().clone();
+        for (interface, liveness) in attach::stale_interfaces(&self.layout) {
+            if !config.interfaces.contains(&interface) {
+                continue;
+            }
+            let attach::Liveness::Stale {
+                current_ifindex: Some(ifindex),
+                ..
+            } = liveness
+            else {
+                if self.gone_warned.insert(interface.clone()) {
+                    warn!(
+                        interface = %interface,
+                        "the interface is gone; its attachment is stale and it is attached \
+                         again as soon as it exists"
+                    );
+                }
+                continue;
+            };
+            self.gone_warned.remove(&interface);
+            let options = AttachOptions {
+                interfaces: vec![interface.clone()],
+                xdp_mode: config.xdp_mode,
+                ..AttachOptions::default()
+            };
+            match operations::attach(&self.layout, &options) {
+                Ok(report) if report.repaired.contains(&interface) => {
+                    self.telemetry.reattached();
+                    info!(
+                        interface = %interface,
+                        ifindex,
+                        "re-attached: the interface was deleted and created again"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => error!(
+                    interface = %interface,
+                    error = %ErrorChain(&e),
+                    "the interface was recreated but re-attaching failed; it is not filtered; \
+                     retrying on the next link event or tick"
+                ),
+            }
+        }
     }
 
     fn request(&mut self, request: Request) -> Response {
@@ -825,11 +886,13 @@ impl Engine {
             .into_iter()
             .filter_map(|name| {
                 attach::link_ids(&self.layout, &name).map(|(link_id, program_id)| {
+                    let live = attach::liveness(&self.layout, &name).is_ok_and(|l| l.is_live());
                     (
                         name,
                         LinkStatus {
                             link_id,
                             program_id,
+                            live,
                         },
                     )
                 })
@@ -851,6 +914,11 @@ impl Engine {
             mode: self.desired.mode,
             program_id: attach::program_id(&self.layout),
             links,
+            stale_interfaces: attach::stale_interfaces(&self.layout)
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect(),
+            reattachments: self.telemetry.reattachments(),
             missing_interfaces: self.missing.keys().cloned().collect(),
         }
     }

@@ -7,7 +7,8 @@
 //! [`engine`] (the owner: every change, reload and tick), [`hooks`] (where service tags,
 //! expiry, metrics, the deny log and the lockout guard plug in), [`telemetry`] (counters other
 //! tasks read), [`check`] (`apifence check-config`), [`secure_dir`] (directories and files the
-//! daemon trusts), [`bounded_read`] (operator input read with a size bound).
+//! daemon trusts), [`bounded_read`] (operator input read with a size bound), [`link_events`]
+//! (interfaces created or deleted, so stale attachments are repaired at once).
 //!
 //! [`run`] is the daemon: it returns when `shutdown` resolves (SIGTERM/SIGINT in the binary,
 //! anything in tests), leaving the filter attached and enforcing (fail-static). Only
@@ -20,6 +21,7 @@ pub mod denied;
 pub mod desired;
 pub mod engine;
 pub mod hooks;
+pub mod link_events;
 pub mod protocol;
 pub mod secure_dir;
 pub mod server;
@@ -363,6 +365,10 @@ async fn serve(
             stop_rx.clone(),
         ))
     });
+    let links = tokio::spawn(link_events::watch_links(
+        commands_tx.clone(),
+        stop_rx.clone(),
+    ));
     let background = tokio::spawn(signals_and_ticks(
         hangup,
         commands_tx.clone(),
@@ -395,6 +401,7 @@ async fn serve(
         let _ = watcher.await;
     }
     let _ = background.await;
+    let _ = links.await;
     for task in tasks {
         let abort = task.abort_handle();
         if tokio::time::timeout(TASK_GRACE, task).await.is_err() {

@@ -352,6 +352,13 @@ pub struct StatusReply {
     pub program_id: Option<u32>,
     /// Per attached interface: its link.
     pub links: BTreeMap<String, LinkStatus>,
+    /// Attached interfaces whose link no longer filters the interface of that name (it was
+    /// deleted, perhaps created again); the daemon re-attaches them as soon as it can.
+    #[serde(default)]
+    pub stale_interfaces: Vec<String>,
+    /// Attachments the daemon repaired since it started (interfaces recreated under it).
+    #[serde(default)]
+    pub reattachments: u64,
     /// Interfaces of the config that could not be attached yet (retried).
     pub missing_interfaces: Vec<String>,
 }
@@ -363,6 +370,9 @@ pub struct LinkStatus {
     pub link_id: u32,
     /// Kernel id of the program the link runs.
     pub program_id: u32,
+    /// Whether the link is attached to the interface that has the name now.
+    #[serde(default)]
+    pub live: bool,
 }
 
 /// When and how the last apply went.

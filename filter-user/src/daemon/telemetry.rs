@@ -22,6 +22,7 @@ pub struct Telemetry {
     started_at: OffsetDateTime,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
+    reattachments: AtomicU64,
     last: Mutex<Last>,
 }
 
@@ -38,6 +39,7 @@ impl Default for Telemetry {
             started_at: OffsetDateTime::now_utc(),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
+            reattachments: AtomicU64::new(0),
             last: Mutex::new(Last::default()),
         }
     }
@@ -53,6 +55,16 @@ impl Telemetry {
     /// When the daemon started.
     pub fn started_at(&self) -> OffsetDateTime {
         self.started_at
+    }
+
+    /// Stale attachments repaired so far (interfaces deleted and created again).
+    pub fn reattachments(&self) -> u64 {
+        self.reattachments.load(Ordering::Relaxed)
+    }
+
+    /// Counts one repaired attachment.
+    pub fn reattached(&self) {
+        self.reattachments.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Successful reloads so far.

@@ -12,7 +12,9 @@
 //! - `apifence_deny_events_suppressed_total`: deny-log events the kernel did not report;
 //! - `apifence_deny_log_evicted_total`, `apifence_deny_log_sources`;
 //! - `apifence_last_apply_timestamp_seconds`, `apifence_last_apply_duration_seconds`;
-//! - `apifence_config_reload_failures_total`, `apifence_expired_entries_removed_total`.
+//! - `apifence_config_reload_failures_total`, `apifence_expired_entries_removed_total`;
+//! - `apifence_interface_reattachments_total`: stale attachments repaired (interfaces deleted
+//!   and created again under the daemon).
 
 use std::{
     future::Future,
@@ -55,6 +57,8 @@ pub struct DaemonGauges {
     pub config_reload_failures: u64,
     /// Entries removed because they expired, since start.
     pub expired_entries_removed: u64,
+    /// Stale attachments re-attached since start.
+    pub interface_reattachments: u64,
     /// Deny-log keys evicted to stay within the bound, since start.
     pub deny_log_evicted: u64,
     /// Distinct (source, port, interface) keys in the deny log now.
@@ -195,6 +199,11 @@ pub fn render(stats: Option<&Stats>, daemon: &DaemonGauges, range_limit: usize) 
             "apifence_deny_log_evicted",
             "Deny-log sources forgotten to keep the log bounded",
             daemon.deny_log_evicted,
+        ),
+        (
+            "apifence_interface_reattachments",
+            "Stale attachments re-attached (interfaces deleted and created again)",
+            daemon.interface_reattachments,
         ),
     ] {
         counters(&mut registry, name, help, &[(Vec::new(), value)]);
@@ -456,6 +465,7 @@ mod tests {
             last_apply: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_331_200_250)),
             last_apply_duration: Some(Duration::from_micros(1_500)),
             config_reload_failures: 4,
+            interface_reattachments: 2,
             expired_entries_removed: 5,
             deny_log_evicted: 6,
             deny_log_sources: 9,
@@ -479,6 +489,7 @@ mod tests {
             "apifence_last_apply_timestamp_seconds 1764331200.25",
             "apifence_last_apply_duration_seconds 0.0015",
             "apifence_config_reload_failures_total 4",
+            "apifence_interface_reattachments_total 2",
             "apifence_expired_entries_removed_total 5",
             "apifence_deny_log_evicted_total 6",
             "apifence_deny_log_sources 9.0",

@@ -311,6 +311,7 @@ fn renderer(
                 .as_ref()
                 .and_then(|a| Duration::try_from_secs_f64(a.duration_ms / 1e3).ok()),
             config_reload_failures: telemetry.reload_failures(),
+            interface_reattachments: telemetry.reattachments(),
             expired_entries_removed: shared.expired_removed.load(Ordering::Relaxed),
             deny_log_evicted: evicted,
             deny_log_sources: sources,

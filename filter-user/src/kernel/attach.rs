@@ -200,11 +200,10 @@ pub fn detach_interface(layout: &PinLayout, interface: &str) -> Result<(), Attac
     std::fs::remove_file(&path).map_err(pin_error("unpinning the link", path))
 }
 
-/// `BPF_OBJ_GET` on `path`, then `BPF_LINK_DETACH` on the link it names.
-fn detach_pinned_link(path: &std::path::Path) -> io::Result<()> {
+/// `BPF_OBJ_GET` on `path`: a descriptor of the pinned object.
+fn open_pinned(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
     const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_LINK_DETACH: libc::c_long = 34;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // union bpf_attr for BPF_OBJ_GET: { u64 pathname; u32 bpf_fd; u32 file_flags; ... }.
@@ -212,7 +211,13 @@ fn detach_pinned_link(path: &std::path::Path) -> io::Result<()> {
     // SAFETY: `get` is a zero-padded bpf_attr whose pathname points at a live C string.
     let fd = unsafe { bpf(BPF_OBJ_GET, &get) }?;
     // SAFETY: the kernel just returned this descriptor; we own it.
-    let link = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `BPF_OBJ_GET` on `path`, then `BPF_LINK_DETACH` on the link it names.
+fn detach_pinned_link(path: &std::path::Path) -> io::Result<()> {
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let link = open_pinned(path)?;
     // union bpf_attr for BPF_LINK_DETACH: { u32 link_fd; }.
     let detach = [std::os::fd::AsRawFd::as_raw_fd(&link) as u32, 0, 0, 0];
     // SAFETY: `detach` is a zero-padded bpf_attr naming an open link descriptor.
@@ -240,6 +245,127 @@ unsafe fn bpf<T>(cmd: libc::c_long, attr: &[T]) -> io::Result<libc::c_long> {
     } else {
         Ok(rc)
     }
+}
+
+/// Whether an attachment still filters the interface of its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// The link is attached to the interface that has this name now.
+    Live {
+        /// The interface's index.
+        ifindex: u32,
+    },
+    /// The interface the link was attached to is gone (deleted, perhaps created again under the
+    /// same name): nothing filters the name's current interface.
+    Stale {
+        /// Where the link is attached (0: nowhere, its interface was deleted).
+        link_ifindex: u32,
+        /// The index of the interface with this name now, if there is one.
+        current_ifindex: Option<u32>,
+    },
+}
+
+impl Liveness {
+    /// Whether the attachment filters the interface of its name.
+    pub fn is_live(self) -> bool {
+        matches!(self, Liveness::Live { .. })
+    }
+
+    /// Why an attachment is stale, for messages.
+    pub fn describe(self, interface: &str) -> String {
+        match self {
+            Liveness::Live { ifindex } => format!("{interface}: live (ifindex {ifindex})"),
+            Liveness::Stale {
+                current_ifindex: Some(now),
+                ..
+            } => format!(
+                "{interface}: stale (the interface was deleted and created again as ifindex \
+                 {now}, which nothing filters; `apifence attach {interface}` repairs it)"
+            ),
+            Liveness::Stale {
+                current_ifindex: None,
+                ..
+            } => format!(
+                "{interface}: stale (the interface was deleted; `apifence attach {interface}` \
+                 re-attaches once it exists again)"
+            ),
+        }
+    }
+}
+
+/// The interface index the XDP link pinned at `path` is attached to (0 once its interface is
+/// gone), from `BPF_OBJ_GET_INFO_BY_FD` (`bpf_link_info.xdp.ifindex`, Linux 5.9+).
+fn pinned_link_ifindex(path: &std::path::Path) -> io::Result<u32> {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_TYPE_XDP: u32 = 6;
+    let link = open_pinned(path)?;
+    // struct bpf_link_info: u32 type, id, prog_id, then (8-aligned) the union whose xdp member
+    // starts with u32 ifindex: word 4.
+    let mut info = [0u32; 16];
+    // union bpf_attr for BPF_OBJ_GET_INFO_BY_FD: { u32 bpf_fd; u32 info_len; u64 info; }.
+    let attr = [
+        u64::from(std::os::fd::AsRawFd::as_raw_fd(&link) as u32)
+            | ((std::mem::size_of_val(&info) as u64) << 32),
+        info.as_mut_ptr() as u64,
+        0,
+        0,
+    ];
+    // SAFETY: `attr` is a zero-padded bpf_attr naming an open descriptor and a live buffer of
+    // the length it gives.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &attr) }?;
+    if info[0] != BPF_LINK_TYPE_XDP {
+        return Err(io::Error::other(format!(
+            "{} is not an XDP link (link type {})",
+            path.display(),
+            info[0]
+        )));
+    }
+    Ok(info[4])
+}
+
+/// Whether `interface`'s pinned link still filters the interface of that name.
+pub fn liveness(layout: &PinLayout, interface: &str) -> Result<Liveness, AttachError> {
+    check_interface(interface)?;
+    let path = layout.link(interface);
+    let link_ifindex =
+        pinned_link_ifindex(&path).map_err(pin_error("reading the link pinned at", path))?;
+    let name = std::ffi::CString::new(interface).map_err(|e| AttachError::Pin {
+        action: "naming",
+        path: layout.link(interface),
+        source: io::Error::new(io::ErrorKind::InvalidInput, e),
+    })?;
+    // SAFETY: a valid NUL-terminated name.
+    let current = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    let current_ifindex = (current != 0).then_some(current);
+    if link_ifindex != 0 && current_ifindex == Some(link_ifindex) {
+        Ok(Liveness::Live {
+            ifindex: link_ifindex,
+        })
+    } else {
+        Ok(Liveness::Stale {
+            link_ifindex,
+            current_ifindex,
+        })
+    }
+}
+
+/// The attached interfaces whose links no longer filter the interface of their name, with why.
+pub fn stale_interfaces(layout: &PinLayout) -> Vec<(String, Liveness)> {
+    attached_interfaces(layout)
+        .into_iter()
+        .filter_map(|name| match liveness(layout, &name) {
+            Ok(live) if live.is_live() => None,
+            Ok(stale) => Some((name, stale)),
+            // An unreadable link filters nothing we can vouch for.
+            Err(_) => Some((
+                name,
+                Liveness::Stale {
+                    link_ifindex: 0,
+                    current_ifindex: None,
+                },
+            )),
+        })
+        .collect()
 }
 
 /// Interfaces with a pinned link under `layout`.

@@ -422,8 +422,11 @@ pub struct AttachReport {
     pub loaded: bool,
     /// Interfaces attached now, with their mode.
     pub attached: Vec<(String, crate::policy::AttachedMode)>,
-    /// Interfaces that were already attached.
+    /// Interfaces that were already attached (and live).
     pub already: Vec<String>,
+    /// Interfaces whose attachment was stale (the interface was deleted and created again)
+    /// and that were attached again now (also in `attached`).
+    pub repaired: Vec<String>,
 }
 
 /// Attaches the filter to `options.interfaces`, loading and pinning it first when nothing is
@@ -520,8 +523,13 @@ fn attach_locked(
     let mut attach_all = || {
         for interface in &options.interfaces {
             if layout.link(interface).exists() {
-                report.already.push(interface.clone());
-                continue;
+                if attach::liveness(layout, interface)?.is_live() {
+                    report.already.push(interface.clone());
+                    continue;
+                }
+                // The link points at an interface that is gone: replace it.
+                attach::detach_interface(layout, interface)?;
+                report.repaired.push(interface.clone());
             }
             let mode = attach::attach_interface(layout, interface, options.xdp_mode)?;
             report.attached.push((interface.clone(), mode));

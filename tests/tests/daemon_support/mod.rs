@@ -21,7 +21,7 @@ use std::{
 };
 
 use apifence_tests::{
-    ApiAndClient, Bpffs, ConnectError, Endpoint, Netns, TcpServer, apifence_bin,
+    ApiAndClient, Bpffs, ConnectError, Endpoint, Netns, TcpServer, VethPair, apifence_bin,
     bpffs::BASE_DIR,
     cmd::{output_with_timeout, wait_with_timeout},
     connect,
@@ -329,6 +329,23 @@ impl DaemonLab {
             CONNECT_WAIT
         };
         connect(&self.client, src, SocketAddr::new(dst, port), wait)
+    }
+
+    /// Deletes the veth pair and creates it again with the same names and addresses (as a
+    /// driver reload or a bond rebuild would): `api0` gets a new interface index.
+    pub fn recreate_link(&self) {
+        self.api.ip(&["link", "del", "api0"]).expect("delete api0");
+        VethPair::create(
+            &self.api,
+            Endpoint::new("api0", API4, API6),
+            &self.client,
+            Endpoint::new("cli0", GOOD4, GOOD6),
+        )
+        .expect("recreate the veth pair");
+        for (ip, prefix) in [(v4(BAD4), 24), (v6(BAD6), 64)] {
+            apifence_tests::link::add_address(&self.client, "cli0", ip, prefix)
+                .expect("client address");
+        }
     }
 
     pub fn assert_connects(&self, src: IpAddr, port: u16, why: &str) {
