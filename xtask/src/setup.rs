@@ -365,6 +365,34 @@ pub fn apt_install(missing: &[&AptPackage], apt_args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Where apt keeps its package lists.
+const APT_LISTS: &str = "/var/lib/apt/lists";
+
+/// Whether apt has package lists (`apt-get update` has run): without them it can't plan an
+/// install of a package that is not installed yet.
+pub fn have_package_lists() -> bool {
+    std::fs::read_dir(APT_LISTS).is_ok_and(|dir| {
+        dir.flatten()
+            .any(|e| e.file_name().to_string_lossy().contains("_Packages"))
+    })
+}
+
+/// Makes sure apt has package lists, running `apt-get update` (which changes no package) when
+/// there are none, so that the no-removal check of setup's plan can run. Needs root then.
+pub fn ensure_package_lists() -> Result<()> {
+    if have_package_lists() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "apt has no package lists under {APT_LISTS}, so setup's plan can't be checked; run \
+             `apt-get update` as root"
+        );
+    }
+    println!("setup: apt has no package lists; running apt-get update (no package changes)");
+    run_live(Command::new("apt-get").arg("update"), APT_TIMEOUT)
+}
+
 /// `apt-get` arguments of every install: no recommends, and refuse any plan that removes a
 /// package.
 pub const INSTALL_ARGS: [&str; 3] = ["install", "--no-install-recommends", "--no-remove"];
@@ -398,10 +426,16 @@ pub fn simulate_install(packages: &[&str], apt_args: &[String]) -> Result<AptPla
         .args(packages);
     let shown = describe(&cmd);
     let out = output_with_timeout(&mut cmd, APT_TIMEOUT)?;
-    check(&shown, &out).context(
-        "apt-get could not plan the install (if it cannot locate a package, run `apt-get \
-         update` as root first)",
-    )?;
+    check(&shown, &out).with_context(|| {
+        if have_package_lists() {
+            "apt-get could not plan the install".to_owned()
+        } else {
+            format!(
+                "apt-get could not plan the install: apt has no package lists under \
+                 {APT_LISTS}; run `apt-get update` as root first"
+            )
+        }
+    })?;
     Ok(parse_plan(&String::from_utf8_lossy(&out.stdout)))
 }
 

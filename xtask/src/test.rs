@@ -18,6 +18,8 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 /// Runs the suite; fails if any step failed, after printing `N passed, N failed`.
 pub fn run() -> Result<()> {
     setup::run(&[setup::Task::Test])?;
+    // The setup test plans every task's packages with apt: it needs package lists.
+    setup::ensure_package_lists()?;
     let mut failed_steps = Vec::new();
     let mut step = |name: &str, result: Result<()>| {
         if let Err(e) = result {
