@@ -6,10 +6,10 @@
 //! old slot index has finished. The `bpf(2)` syscall provides one unconditionally: updating an
 //! element of a `BPF_MAP_TYPE_ARRAY_OF_MAPS` (or `HASH_OF_MAPS`) makes the kernel call
 //! `synchronize_rcu()` before the syscall returns (`maybe_wait_bpf_programs()` in
-//! `kernel/bpf/syscall.c`, there since Linux 4.20 and unchanged in meaning through 5.10, 6.1,
-//! 6.12 and later: "wait for any running BPF programs to complete so that userspace, when we
-//! return to it, knows that all programs that could be running use the new map value"). The
-//! kernel's own BPF selftests synchronize the same way.
+//! `kernel/bpf/syscall.c`: present in 5.0 and every later kernel, so in 5.10, 6.1, 6.12 and
+//! 6.18, with the same meaning: "wait for any running BPF programs to complete so that
+//! userspace, when we return to it, knows that all programs that could be running use the new
+//! map value"). The kernel's own BPF selftests synchronize the same way (`kern_sync_rcu`).
 //!
 //! [`GracePeriod`] owns a one-element array-of-maps and a one-element inner array map, both
 //! private to this process (not pinned; they go away with it). [`GracePeriod::wait`] stores the
