@@ -45,8 +45,13 @@ fn without_a_daemon_status_reports_a_stale_attachment_and_attach_repairs_it() {
         "{stderr}"
     );
 
+    let shown = lab.json(&["ranges", "show", "--json"]);
+    assert_eq!(shown["stale_interfaces"], serde_json::json!(["api0"]));
+
     let out = lab.ok(&["attach", "api0"]);
     assert!(out.contains("re-attached to api0"), "{out}");
+    let shown = lab.json(&["ranges", "show", "--json"]);
+    assert_eq!(shown["stale_interfaces"], serde_json::json!([]));
     lab.assert_dropped(v4(BAD4), API_PORT, "filtered again after the repair");
     lab.assert_dropped(v6(BAD6), API_PORT, "filtered again after the repair");
     lab.assert_connects(v4(GOOD4), API_PORT, "the list survived the repair");
@@ -102,4 +107,18 @@ fn the_daemon_reattaches_a_recreated_interface_by_itself() {
     lab.assert_dropped(v4(BAD4), API_PORT, "filtered on the recreated interface");
     lab.assert_connects(v4(GOOD4), API_PORT, "still authorized");
     lab.assert_connects(v6(GOOD6), API_PORT, "still authorized");
+
+    // Recreated while no daemon ran: the daemon repairs it as it starts.
+    assert!(lab.stop().success());
+    lab.recreate_link();
+    lab.assert_connects(
+        v4(BAD4),
+        API_PORT,
+        "nothing filters it while no daemon runs",
+    );
+    lab.start(&[]);
+    let status = lab.status();
+    assert_eq!(status["reattachments"], 1, "{status:#}");
+    assert_eq!(status["links"]["api0"]["live"], true, "{status:#}");
+    lab.assert_dropped(v4(BAD4), API_PORT, "repaired at start");
 }

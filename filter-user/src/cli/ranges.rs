@@ -11,7 +11,7 @@ use super::{Context, change::ChangeArgs, output, remote};
 use crate::{
     daemon::bounded_read,
     daemon::protocol::{EntryMeta, RangesChange, Reply, Request},
-    kernel::operations::Filter,
+    kernel::{attach, operations::Filter},
     policy::language::{RangeList, parse_authorized, parse_prefixes},
 };
 
@@ -203,6 +203,8 @@ struct ShowJson {
     ports: Vec<u16>,
     mode: &'static str,
     interfaces: BTreeMap<String, &'static str>,
+    /// Attached interfaces whose link filters nothing now (the interface was recreated).
+    stale_interfaces: Vec<String>,
     capacity: u32,
     lookup: &'static str,
 }
@@ -234,6 +236,10 @@ fn show(context: &Context, json: bool) -> Result<()> {
             .iter()
             .map(|(name, mode)| (name.clone(), mode.as_str()))
             .collect(),
+        stale_interfaces: attach::stale_interfaces(&context.layout)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect(),
         capacity: filter.capacity(),
         lookup: filter.lookup().name(),
     };
@@ -257,7 +263,13 @@ fn show(context: &Context, json: bool) -> Result<()> {
     let interfaces: Vec<String> = out
         .interfaces
         .iter()
-        .map(|(n, m)| format!("{n} ({m})"))
+        .map(|(n, m)| {
+            if out.stale_interfaces.contains(n) {
+                format!("{n} ({m}, STALE: recreated, not filtered; `apifence attach {n}` repairs)")
+            } else {
+                format!("{n} ({m})")
+            }
+        })
         .collect();
     crate::outln!("filtering:    {filtering}");
     crate::outln!("mode:         {}", out.mode);

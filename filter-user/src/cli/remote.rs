@@ -168,7 +168,11 @@ pub fn print_show(show: &ShowReply, json: bool) -> Result<()> {
         join(
             show.interfaces
                 .iter()
-                .map(|(name, mode)| format!("{name} ({mode})"))
+                .map(|(name, mode)| if show.stale_interfaces.contains(name) {
+                    format!("{name} ({mode}, STALE: recreated, not filtered)")
+                } else {
+                    format!("{name} ({mode})")
+                })
                 .collect()
         )
     );

@@ -308,6 +308,8 @@ impl Engine {
                 self.apply(&policy)?;
             }
         }
+        // Links left stale while no daemon ran (interfaces recreated) are repaired now.
+        self.repair_stale();
         self.attach_missing(true);
         Ok(())
     }
@@ -853,6 +855,10 @@ impl Engine {
                 .interfaces
                 .iter()
                 .map(|(name, mode)| (name.clone(), mode.as_str().to_string()))
+                .collect(),
+            stale_interfaces: attach::stale_interfaces(&self.layout)
+                .into_iter()
+                .map(|(name, _)| name)
                 .collect(),
             capacity: filter.capacity(),
             lookup: filter.lookup(),

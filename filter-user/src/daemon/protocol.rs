@@ -286,6 +286,9 @@ pub struct ShowReply {
     pub mode: Mode,
     /// Attached interfaces and their XDP mode.
     pub interfaces: BTreeMap<String, String>,
+    /// Attached interfaces whose link filters nothing now (the interface was recreated).
+    #[serde(default)]
+    pub stale_interfaces: Vec<String>,
     /// Trie capacity per family.
     pub capacity: u32,
     /// Which lookup judges sources.
