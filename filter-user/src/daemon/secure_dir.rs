@@ -30,7 +30,7 @@ pub enum SecureDirError {
     /// Writable by group or others.
     #[error(
         "{key} {path} is writable by {who} (mode {mode:04o}), who could replace the daemon's \
-         files there; fix: chmod go-w {path} (or set {key} to a directory only root can write)"
+         files there; fix: {fix}"
     )]
     Writable {
         /// The config key.
@@ -41,6 +41,8 @@ pub enum SecureDirError {
         who: &'static str,
         /// Its permission bits.
         mode: u32,
+        /// What to do about it.
+        fix: String,
     },
     /// Not a directory (or a symlink).
     #[error(
@@ -109,15 +111,28 @@ pub fn check(key: &'static str, dir: &Path) -> Result<(), SecureDirError> {
         (false, true) => Some("others"),
         (false, false) => None,
     };
-    match who {
-        Some(who) => Err(SecureDirError::Writable {
-            key,
-            path: dir.to_path_buf(),
-            who,
-            mode,
-        }),
-        None => Ok(()),
-    }
+    let Some(who) = who else {
+        return Ok(());
+    };
+    // A shared directory such as /tmp (sticky bit) is meant to stay writable: move away from it.
+    let fix = if mode & 0o1000 != 0 {
+        format!(
+            "set {key} to a directory of its own that only root can write (such as \
+             /run/apifence for the socket, /var/lib/apifence for state_dir)"
+        )
+    } else {
+        format!(
+            "chmod go-w {} (or set {key} to a directory only root can write)",
+            dir.display()
+        )
+    };
+    Err(SecureDirError::Writable {
+        key,
+        path: dir.to_path_buf(),
+        who,
+        mode,
+        fix,
+    })
 }
 
 /// Makes sure `dir` exists (created with mode 0700 when missing) and passes [`check`].
@@ -210,6 +225,16 @@ mod tests {
         assert!(error.contains("writable by group (mode 0720)"), "{error}");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         check("state_dir", &dir).expect("0755 is fine");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let error = check("socket directory", &dir).unwrap_err().to_string();
+        assert!(
+            error.contains("set socket directory to a directory of its own"),
+            "{error}"
+        );
+        assert!(
+            !error.contains("chmod"),
+            "no chmod advice for a shared directory: {error}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
