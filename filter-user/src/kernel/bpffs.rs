@@ -46,16 +46,23 @@ pub enum BpffsError {
     PrivateMountNamespace(PathBuf),
     /// The directory is not one apifence may mount a bpffs on.
     #[error(
-        "bpffs directory {dir} is not on a bpffs and {reason}; apifence mounts a bpffs only on \
+        "bpffs directory {} is not on a bpffs and {reason}; apifence mounts a bpffs only on \
          a directory it creates itself: choose a path that does not exist yet (for example \
-         /run/apifence/bpffs) or one under /sys/fs/bpf, or mount a bpffs there yourself \
-         (mount -t bpf bpf {dir})"
+         /run/apifence/bpffs) or one under /sys/fs/bpf{}",
+        dir.display(),
+        if *empty_dir {
+            format!(", or mount a bpffs there yourself (mount -t bpf bpf {})", dir.display())
+        } else {
+            String::new()
+        }
     )]
     NotOurs {
         /// The directory.
         dir: PathBuf,
         /// What is wrong with it.
         reason: &'static str,
+        /// It is an empty directory (mounting there yourself is a reasonable fix).
+        empty_dir: bool,
     },
     /// Another apifence command holds the lock.
     #[error("another apifence command is changing {0} (waited {1:?}); retry when it is done")]
@@ -162,10 +169,11 @@ pub fn check_mount_target(dir: &Path) -> Result<(), BpffsError> {
     {
         return Ok(());
     }
-    let refuse = |reason| {
+    let refuse = |reason, empty_dir| {
         Err(BpffsError::NotOurs {
             dir: dir.to_path_buf(),
             reason,
+            empty_dir,
         })
     };
     let meta = match std::fs::symlink_metadata(dir) {
@@ -180,7 +188,7 @@ pub fn check_mount_target(dir: &Path) -> Result<(), BpffsError> {
         Ok(meta) => meta,
     };
     if !meta.is_dir() {
-        return refuse("is not a directory");
+        return refuse("is not a directory", false);
     }
     let mut entries = std::fs::read_dir(dir).map_err(|source| BpffsError::Io {
         action: "listing",
@@ -188,10 +196,10 @@ pub fn check_mount_target(dir: &Path) -> Result<(), BpffsError> {
         source,
     })?;
     if entries.next().is_some() {
-        return refuse("is not empty (mounting there would hide its files)");
+        return refuse("is not empty (mounting there would hide its files)", false);
     }
     if !created_by_apifence(dir) {
-        return refuse("was not created by apifence");
+        return refuse("was not created by apifence", true);
     }
     Ok(())
 }
@@ -312,6 +320,10 @@ mod tests {
         std::fs::create_dir(&foreign).unwrap();
         let error = check_mount_target(&foreign).unwrap_err().to_string();
         assert!(error.contains("was not created by apifence"), "{error}");
+        assert!(
+            error.contains(&format!("mount -t bpf bpf {}", foreign.display())),
+            "{error}"
+        );
 
         let file = base.join("file");
         std::fs::write(&file, "x").unwrap();
@@ -324,6 +336,10 @@ mod tests {
         assert!(
             error.contains("/etc") && error.contains("not empty"),
             "{error}"
+        );
+        assert!(
+            !error.contains("mount -t bpf"),
+            "never advise mounting over files: {error}"
         );
         std::fs::remove_dir_all(&base).unwrap();
     }
