@@ -14,7 +14,9 @@
 //! - `apifence_last_apply_timestamp_seconds`, `apifence_last_apply_duration_seconds`;
 //! - `apifence_config_reload_failures_total`, `apifence_expired_entries_removed_total`;
 //! - `apifence_interface_reattachments_total`: stale attachments repaired (interfaces deleted
-//!   and created again under the daemon).
+//!   and created again under the daemon);
+//! - `apifence_interface_attached{interface=…}`: 1 while the interface's attachment filters the
+//!   interface of that name now, 0 while it is stale.
 
 use std::{
     future::Future,
@@ -59,6 +61,8 @@ pub struct DaemonGauges {
     pub expired_entries_removed: u64,
     /// Stale attachments re-attached since start.
     pub interface_reattachments: u64,
+    /// Per attached interface: whether its link filters the interface of that name now.
+    pub interfaces_live: Vec<(String, bool)>,
     /// Deny-log keys evicted to stay within the bound, since start.
     pub deny_log_evicted: u64,
     /// Distinct (source, port, interface) keys in the deny log now.
@@ -165,6 +169,24 @@ pub fn render(stats: Option<&Stats>, daemon: &DaemonGauges, range_limit: usize) 
             ),
         ],
     );
+    if !daemon.interfaces_live.is_empty() {
+        let samples: Vec<(Labels, f64)> = daemon
+            .interfaces_live
+            .iter()
+            .map(|(name, live)| {
+                (
+                    vec![("interface", name.clone())],
+                    f64::from(u8::from(*live)),
+                )
+            })
+            .collect();
+        gauges(
+            &mut registry,
+            "apifence_interface_attached",
+            "1 while the interface's attachment filters it, 0 while it is stale (recreated)",
+            &samples,
+        );
+    }
     if let Some(at) = daemon.last_apply {
         let since_epoch = at
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -466,6 +488,7 @@ mod tests {
             last_apply_duration: Some(Duration::from_micros(1_500)),
             config_reload_failures: 4,
             interface_reattachments: 2,
+            interfaces_live: vec![("eth0".into(), true), ("eth1".into(), false)],
             expired_entries_removed: 5,
             deny_log_evicted: 6,
             deny_log_sources: 9,
@@ -490,6 +513,8 @@ mod tests {
             "apifence_last_apply_duration_seconds 0.0015",
             "apifence_config_reload_failures_total 4",
             "apifence_interface_reattachments_total 2",
+            "apifence_interface_attached{interface=\"eth0\"} 1.0",
+            "apifence_interface_attached{interface=\"eth1\"} 0.0",
             "apifence_expired_entries_removed_total 5",
             "apifence_deny_log_evicted_total 6",
             "apifence_deny_log_sources 9.0",

@@ -44,6 +44,7 @@ use crate::{
     features::lockout::{self, GuardOptions, LockoutError},
     features::metrics::{self, DaemonGauges, Renderer, ServerOptions},
     features::service_tags::ServiceTags,
+    kernel::attach,
     kernel::maps::FilterMaps,
     kernel::operations::Filter,
     kernel::paths::PinLayout,
@@ -312,6 +313,13 @@ fn renderer(
                 .and_then(|a| Duration::try_from_secs_f64(a.duration_ms / 1e3).ok()),
             config_reload_failures: telemetry.reload_failures(),
             interface_reattachments: telemetry.reattachments(),
+            interfaces_live: attach::attached_interfaces(&layout)
+                .into_iter()
+                .map(|name| {
+                    let live = attach::liveness(&layout, &name).is_ok_and(|l| l.is_live());
+                    (name, live)
+                })
+                .collect(),
             expired_entries_removed: shared.expired_removed.load(Ordering::Relaxed),
             deny_log_evicted: evicted,
             deny_log_sources: sources,
