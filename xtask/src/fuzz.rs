@@ -122,8 +122,8 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
         }
         let figures = log
             .lines()
-            .filter_map(parse_figures)
-            .last()
+            .rev()
+            .find_map(parse_figures)
             .with_context(|| format!("{target} printed no libFuzzer status:\n{log}"))?;
         report.push((target, figures));
     }
