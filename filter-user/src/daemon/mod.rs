@@ -34,7 +34,6 @@ use std::{
     fs::File,
     future::Future,
     io::Write,
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -252,15 +251,18 @@ impl StateLock {
         };
         state_file::ensure_dir(layout)?;
         let mut file = secure_dir::open_lock(&path).map_err(lock_error("opening"))?;
-        // SAFETY: a valid open descriptor.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let pid = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|text| text.trim().parse().ok());
-            return Err(DaemonError::AlreadyRunning {
-                what: format!("state_dir {}", layout.dir().display()),
-                pid,
-            });
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|text| text.trim().parse().ok());
+                return Err(DaemonError::AlreadyRunning {
+                    what: format!("state_dir {}", layout.dir().display()),
+                    pid,
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => return Err(lock_error("locking")(source)),
         }
         file.set_len(0).map_err(lock_error("truncating"))?;
         writeln!(file, "{}", std::process::id()).map_err(lock_error("writing"))?;

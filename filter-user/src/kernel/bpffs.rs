@@ -8,9 +8,9 @@
 
 use std::{
     ffi::CString,
-    fs::File,
+    fs::{File, TryLockError},
     io,
-    os::{fd::AsRawFd, unix::ffi::OsStrExt},
+    os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -262,7 +262,7 @@ pub fn unmount_bpffs(dir: &Path) -> Result<(), BpffsError> {
     Ok(())
 }
 
-/// An exclusive `flock` on the bpffs directory: one writer at a time. Released on drop.
+/// An exclusive lock (`File::try_lock`, an `flock`) on the bpffs directory: one writer at a time. Released on drop.
 #[derive(Debug)]
 pub struct DirLock {
     _dir: File,
@@ -278,17 +278,16 @@ impl DirLock {
         })?;
         let started = Instant::now();
         loop {
-            // SAFETY: valid open descriptor.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return Ok(Self { _dir: file });
-            }
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(BpffsError::Io {
-                    action: "locking",
-                    path: dir.to_path_buf(),
-                    source: err,
-                });
+            match file.try_lock() {
+                Ok(()) => return Ok(Self { _dir: file }),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(source)) => {
+                    return Err(BpffsError::Io {
+                        action: "locking",
+                        path: dir.to_path_buf(),
+                        source,
+                    });
+                }
             }
             if started.elapsed() > LOCK_WAIT {
                 return Err(BpffsError::Busy(dir.to_path_buf(), LOCK_WAIT));
