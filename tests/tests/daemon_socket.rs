@@ -263,3 +263,43 @@ fn the_cli_refuses_a_socket_owned_by_another_user() {
     assert_eq!(listener.join().expect("impostor thread"), "");
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+/// Sends `bytes` on a fresh connection to the daemon and returns its one-line answer.
+fn raw_exchange(lab: &DaemonLab, bytes: &[u8]) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(lab.socket()).expect("connect");
+    stream.set_read_timeout(Some(CLI_WAIT)).expect("timeout");
+    stream.set_write_timeout(Some(CLI_WAIT)).expect("timeout");
+    // The daemon may answer and close before an oversized line is fully written.
+    let _ = stream.write_all(bytes);
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .expect("an answer line");
+    answer
+}
+
+#[test]
+fn malformed_socket_lines_are_answered_with_an_error_and_the_daemon_keeps_serving() {
+    if !require_privileges(
+        "malformed_socket_lines_are_answered_with_an_error_and_the_daemon_keeps_serving",
+    ) {
+        return;
+    }
+    let lab = DaemonLab::new();
+    lab.write_config(&format!("authorized_ranges = [\"{GOOD4}\"]"));
+    lab.start(&[]);
+
+    let answer = raw_exchange(&lab, b"\xff\xfe not text\n");
+    assert!(answer.contains("not UTF-8"), "{answer}");
+    let answer = raw_exchange(&lab, b"{\"version\":1,\"op\":\"explode\"}\n");
+    assert!(answer.contains("not a request"), "{answer}");
+    let mut huge = vec![b'a'; 64 * 1024 * 1024 + 16];
+    huge.push(b'\n');
+    let answer = raw_exchange(&lab, &huge);
+    assert!(answer.contains("request longer than"), "{answer}");
+
+    // Still serving.
+    let status = lab.ok(&["status", "--json"]);
+    assert!(status.contains("\"pid\""), "{status}");
+}

@@ -9,11 +9,13 @@ use std::{
     time::Duration,
 };
 
+use futures_util::StreamExt;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::AsyncWriteExt,
     net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot, watch},
 };
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tracing::{debug, warn};
 
 use crate::daemon::{
@@ -147,58 +149,71 @@ async fn connection(
         return write_response(&mut stream, &Response::Error(refusal)).await;
     }
     let (read, mut write) = stream.split();
-    let mut reader = BufReader::new(read);
-    let mut line = Vec::new();
+    // One request per line, at most MAX_LINE bytes (a longer one is answered and ends the
+    // connection, since the rest of it can't be told apart from the next request).
+    let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE));
     loop {
-        line.clear();
-        let mut limited = (&mut reader).take(MAX_LINE as u64 + 1);
-        let read = tokio::select! {
-            read = limited.read_until(b'\n', &mut line) => read?,
+        let next = tokio::select! {
+            next = lines.next() => next,
             _ = shutdown.changed() => return Ok(()),
         };
-        if read == 0 {
-            return Ok(());
-        }
-        let response = if line.len() > MAX_LINE {
-            Response::Error(ErrorReply::new(
-                ErrorKind::BadRequest,
-                format!("request longer than {MAX_LINE} bytes; send a shorter list"),
-            ))
-        } else if let Some(mismatch) = protocol::version_mismatch(&line) {
-            Response::Error(ErrorReply::new(
-                ErrorKind::BadRequest,
-                format!("the request has {mismatch}"),
-            ))
-        } else {
-            match serde_json::from_slice::<RequestLine>(&line).map(|line| line.request) {
-                Err(e) => Response::Error(ErrorReply::new(
-                    ErrorKind::BadRequest,
-                    format!("not a request ({e}); see the protocol in `apifence daemon --help`"),
-                )),
-                Ok(request) => {
-                    let (reply, answer) = oneshot::channel();
-                    if commands
-                        .send(Command::Request { request, reply })
-                        .await
-                        .is_err()
-                    {
-                        return Ok(());
-                    }
-                    match answer.await {
-                        Ok(response) => response,
-                        Err(_) => return Ok(()),
-                    }
-                }
+        let (response, last) = match next {
+            None => return Ok(()),
+            Some(Err(LinesCodecError::Io(e))) if e.kind() != io::ErrorKind::InvalidData => {
+                return Err(e);
             }
+            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => (
+                Response::Error(ErrorReply::new(
+                    ErrorKind::BadRequest,
+                    format!("request longer than {MAX_LINE} bytes; send a shorter list"),
+                )),
+                true,
+            ),
+            Some(Err(LinesCodecError::Io(_))) => (
+                Response::Error(ErrorReply::new(
+                    ErrorKind::BadRequest,
+                    "the request is not UTF-8 text; send one JSON request per line",
+                )),
+                true,
+            ),
+            Some(Ok(line)) => match answer(&line, &commands).await {
+                Some(response) => (response, false),
+                None => return Ok(()),
+            },
         };
         let mut bytes =
             serde_json::to_vec(&ResponseLine::new(response)).map_err(io::Error::other)?;
         bytes.push(b'\n');
         write.write_all(&bytes).await?;
-        if line.len() > MAX_LINE {
+        if last {
             return Ok(());
         }
     }
+}
+
+/// The response to one request `line`; `None` when the daemon is shutting down.
+async fn answer(line: &str, commands: &mpsc::Sender<Command>) -> Option<Response> {
+    if let Some(mismatch) = protocol::version_mismatch(line.as_bytes()) {
+        return Some(Response::Error(ErrorReply::new(
+            ErrorKind::BadRequest,
+            format!("the request has {mismatch}"),
+        )));
+    }
+    let request = match serde_json::from_str::<RequestLine>(line) {
+        Ok(parsed) => parsed.request,
+        Err(e) => {
+            return Some(Response::Error(ErrorReply::new(
+                ErrorKind::BadRequest,
+                format!("not a request ({e}); see the protocol in `apifence daemon --help`"),
+            )));
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    commands
+        .send(Command::Request { request, reply })
+        .await
+        .ok()?;
+    answer.await.ok()
 }
 
 #[cfg(test)]
