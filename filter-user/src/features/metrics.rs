@@ -1,6 +1,9 @@
 //! Prometheus metrics: [`render`] writes the OpenMetrics text format (with `prometheus-client`) from the
 //! filter's counters ([`Stats`]) and the daemon's own gauges ([`DaemonGauges`]); [`serve`] is a
 //! minimal HTTP endpoint answering `GET /metrics` (localhost by default, config `metrics`).
+//! Hand-written rather than hyper or axum: it answers one path of one method with bounded reads
+//! and timeouts, which is less code than wiring a server framework, and keeps the root daemon's
+//! dependency tree small.
 //!
 //! Metrics:
 //! - `apifence_packets_total{verdict=…}`: packets by verdict (`passed_authorized`,
