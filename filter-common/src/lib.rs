@@ -246,14 +246,19 @@ pub const DENY_KIND_DROPPED: u8 = 1;
 /// [`DenyEvent::kind`]: monitor mode, the packet would have been dropped.
 pub const DENY_KIND_WOULD_DROP: u8 = 2;
 
-/// State of the per-CPU deny-event rate limiter (fixed one-second windows).
+/// State of the per-CPU deny-event rate limiter (fixed one-second windows). Same 16 bytes as
+/// before `checked_jiffies` split the old `sent: u64`, so pinned maps stay compatible.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DenyRate {
     /// Start of the current window, `bpf_ktime_get_ns()`.
     pub window_start_ns: u64,
     /// Events reported in the current window.
-    pub sent: u64,
+    pub sent: u32,
+    /// Low 32 bits of `bpf_jiffies64()` when the program last read the clock while over
+    /// budget: a CPU over its budget reads the nanosecond clock at most once per jiffy, not
+    /// once per dropped packet.
+    pub checked_jiffies: u32,
 }
 
 #[cfg(feature = "user")]

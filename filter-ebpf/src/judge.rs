@@ -81,6 +81,14 @@ pub fn judge(slot: u32, class: &Class) -> Outcome {
     }
 }
 
+/// Whether `outcome` is reported to the deny log: a dropped or would-drop TCP packet (not a
+/// malformed one, whose source can't be trusted). Decided before anything is built.
+#[inline(always)]
+pub fn reports_denial(outcome: &Outcome, class: &Class) -> bool {
+    matches!(outcome.counter, COUNTER_DROPPED | COUNTER_WOULD_DROP)
+        && matches!(class, Class::Tcp { .. })
+}
+
 /// The deny-log event for a dropped or would-drop TCP packet (none for other outcomes and for
 /// malformed packets, whose source can't be trusted).
 #[inline(always)]

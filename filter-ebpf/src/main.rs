@@ -20,8 +20,8 @@ pub fn apifence(ctx: XdpContext) -> u32 {
     let slot = maps::active_slot();
     let class = parse::classify(&ctx);
     let outcome = judge::judge(slot, &class);
-    if let Some(event) = judge::deny_event(&outcome, &class, &ctx) {
-        maps::report_denied(event);
+    if judge::reports_denial(&outcome, &class) {
+        maps::report_denied(|| judge::deny_event(&outcome, &class, &ctx));
     }
     record(&outcome)
 }

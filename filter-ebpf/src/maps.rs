@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
 };
@@ -190,31 +190,46 @@ pub fn count_rule_hit(rule: RuleId) {
 }
 
 /// The current time if this CPU may report one more deny event in the current one-second
-/// window (one clock read serves the limiter and the event's timestamp).
+/// window (one clock read serves the limiter and the event's timestamp). Under a flood the
+/// budget is spent within the window's first milliseconds; from then on a packet costs one
+/// comparison and, once per jiffy, a clock read to see whether the window is over
+/// (`bpf_jiffies64`, Linux 5.5+, reads a variable; `bpf_ktime_get_ns` reads the clock source).
 #[inline(always)]
 fn deny_event_allowed() -> Option<u64> {
     let rate = DENY_RATE.get_ptr_mut(0)?;
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: per-CPU value, only this CPU's program instance touches it right now.
     let rate = unsafe { &mut *rate };
+    if u64::from(rate.sent) >= DENY_EVENTS_PER_SEC_PER_CPU {
+        // SAFETY: helper without arguments.
+        let jiffies = unsafe { bpf_jiffies64() } as u32;
+        if jiffies == rate.checked_jiffies {
+            return None;
+        }
+        rate.checked_jiffies = jiffies;
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     if now.wrapping_sub(rate.window_start_ns) >= 1_000_000_000 {
         rate.window_start_ns = now;
         rate.sent = 0;
     }
-    if rate.sent >= DENY_EVENTS_PER_SEC_PER_CPU {
+    if u64::from(rate.sent) >= DENY_EVENTS_PER_SEC_PER_CPU {
         return None;
     }
     rate.sent += 1;
     Some(now)
 }
 
-/// Reports a denied packet through `DENY_EVENTS`, or counts it as suppressed when the rate
-/// limit is reached or the ring buffer is full.
+/// Reports a denied packet through `DENY_EVENTS` (the event built by `build` only once the
+/// rate limiter allowed it), or counts it as suppressed when the rate limit is reached or the
+/// ring buffer is full.
 #[inline(always)]
-pub fn report_denied(mut event: DenyEvent) {
+pub fn report_denied(build: impl FnOnce() -> Option<DenyEvent>) {
     let Some(now) = deny_event_allowed() else {
         count(COUNTER_DENY_EVENTS_SUPPRESSED);
+        return;
+    };
+    let Some(mut event) = build() else {
         return;
     };
     event.timestamp_ns = now;
