@@ -17,9 +17,11 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use apifence::kernel::operations::{self, AttachOptions, DetachTarget, Filter};
+use apifence::kernel::maps::MapsError;
+use apifence::kernel::operations::{self, AttachOptions, DetachTarget, Filter, FilterError};
 use apifence::kernel::paths::PinLayout;
 use apifence::policy::Lookup;
+use apifence::policy::lookup_table::TableError;
 use apifence_tests::Frame;
 use aya::programs::Xdp;
 use aya_obj::programs::XdpAttachType;
@@ -134,6 +136,8 @@ pub struct Instance {
     pub family: Family,
     /// The lookup the filter was loaded with.
     pub lookup: Lookup,
+    /// The `--capacity` it was loaded with.
+    pub capacity: u32,
     /// Prefixes as given.
     pub given: usize,
     /// Prefixes in the trie.
@@ -206,22 +210,17 @@ pub fn setup(plan: &Plan, lists: &[List]) -> Result<Setup> {
             list.family.name()
         );
         let layout = PinLayout::new(bpffs.path().join(&label));
-        let capacity = (list.prefixes.len().max(16) as u32).next_power_of_two();
-        operations::attach(
-            &layout,
-            &AttachOptions {
-                capacity: Some(capacity),
-                lookup: Some(lookup),
-                ..AttachOptions::default()
-            },
-        )
-        .with_context(|| format!("loading the filter for {label}"))?;
+        let text = prefixes::range_text(&list.prefixes);
+        let base_capacity = (list.prefixes.len().max(16) as u32).next_power_of_two();
+        let loaded = load_list(&layout, base_capacity, lookup, &text)
+            .with_context(|| format!("loading and applying the {label} list"))?;
         let program = Xdp::from_pin(layout.program(), XdpAttachType::Interface)
             .context("opening the pinned program")?;
         let mut instance = Instance {
             size: list.size.clone(),
             family: list.family,
             lookup,
+            capacity: loaded.capacity,
             given: list.given,
             prefixes: list.prefixes.len(),
             layout,
@@ -230,23 +229,8 @@ pub fn setup(plan: &Plan, lists: &[List]) -> Result<Setup> {
             hot_drop_frame: Vec::new(),
             inside_base: (index as u32 * 2) * keys,
             miss_base: (index as u32 * 2 + 1) * keys,
-            apply: Duration::ZERO,
-            kernel_memory_delta: None,
-        };
-        let text = prefixes::range_text(&list.prefixes);
-        let before = memory::kernel_memory_bytes();
-        let started = Instant::now();
-        let mut filter = Filter::open_for_write(&instance.layout)?;
-        let mut policy = filter.record()?.policy;
-        policy.ranges = text;
-        filter
-            .apply_policy(policy)
-            .with_context(|| format!("applying the {label} list"))?;
-        drop(filter);
-        instance.apply = started.elapsed();
-        instance.kernel_memory_delta = match (before, memory::kernel_memory_bytes()) {
-            (Some(b), Some(a)) => Some(a as i64 - b as i64),
-            _ => None,
+            apply: loaded.apply,
+            kernel_memory_delta: loaded.kernel_memory_delta,
         };
         // The same keys for both lookups of a list.
         let mut rng = Rng::new(plan.seed ^ 0x6b65_7973 ^ (index / Lookup::ALL.len()) as u64);
@@ -273,6 +257,63 @@ pub fn setup(plan: &Plan, lists: &[List]) -> Result<Setup> {
         frames,
         _bpffs: bpffs,
     })
+}
+
+/// A list loaded into a fresh filter.
+struct Loaded {
+    capacity: u32,
+    apply: Duration,
+    kernel_memory_delta: Option<i64>,
+}
+
+/// Loads a filter with `lookup` under `layout` and applies the ranges `text`. The capacity is
+/// the list's size rounded up to a power of two; when the compiled table of the list does not
+/// fit the table maps sized for that capacity, the filter is loaded again with twice the
+/// capacity (up to 8×), and the capacity used is reported with the results.
+fn load_list(layout: &PinLayout, capacity: u32, lookup: Lookup, text: &str) -> Result<Loaded> {
+    let mut capacity = capacity;
+    loop {
+        operations::attach(
+            layout,
+            &AttachOptions {
+                capacity: Some(capacity),
+                lookup: Some(lookup),
+                ..AttachOptions::default()
+            },
+        )?;
+        let before = memory::kernel_memory_bytes();
+        let started = Instant::now();
+        let mut filter = Filter::open_for_write(layout)?;
+        let mut policy = filter.record()?.policy;
+        policy.ranges = text.to_owned();
+        let applied = filter.apply_policy(policy);
+        drop(filter);
+        let apply = started.elapsed();
+        match applied {
+            Ok(_) => {
+                let kernel_memory_delta = match (before, memory::kernel_memory_bytes()) {
+                    (Some(b), Some(a)) => Some(a as i64 - b as i64),
+                    _ => None,
+                };
+                return Ok(Loaded {
+                    capacity,
+                    apply,
+                    kernel_memory_delta,
+                });
+            }
+            Err(FilterError::Maps(MapsError::Table(TableError::Full { what, .. })))
+                if capacity < 1 << 26 =>
+            {
+                eprintln!(
+                    "bench: kernel: the compiled table needs more {what} than --capacity \
+                     {capacity} gives; loading again with twice the capacity"
+                );
+                operations::detach(layout, &DetachTarget::All)?;
+                capacity *= 2;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Key sets: inside the list, and missing it.
@@ -401,6 +442,9 @@ pub struct ListInfo {
     /// Lookup (`compiled` or `lpm-trie`).
     #[serde(default)]
     pub lookup: String,
+    /// `--capacity` the filter was loaded with.
+    #[serde(default)]
+    pub capacity: u32,
     /// Prefixes as given.
     pub given: usize,
     /// Prefixes in the trie.
@@ -530,6 +574,7 @@ pub fn measure(plan: &Plan, setup: &mut Setup) -> Result<KernelResults> {
                 size: i.size.label(),
                 family: i.family,
                 lookup: i.lookup.name().into(),
+                capacity: i.capacity,
                 given: i.given,
                 prefixes: i.prefixes,
                 apply_ms: i.apply.as_secs_f64() * 1e3,

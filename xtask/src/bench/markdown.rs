@@ -330,8 +330,13 @@ fn kernel(md: &mut String, k: &KernelResults) {
             fmt(rotate)
         );
         md.push_str(
-            "| list | prefixes | hot (ns) | inside, net (ns) | miss, net (ns) | miss ÷ empty | \
-             miss − parse-only (ns) | miss, raw with rotation (ns) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+            "Compiled lookup (`apifence`, the default) and the kernel LPM trie \
+             (`apifence --lookup lpm-trie`), same lists, same rounds. \"hot-drop\" is one \
+             unauthorized source called directly (dropped), next to \"hot\" (passed).\n\n\
+             | list | prefixes | hot (ns) | hot-drop (ns) | inside, net (ns) | miss, net (ns) | \
+             trie: hot | trie: hot-drop | trie: inside, net | trie: miss, net | trie miss ÷ \
+             compiled miss | miss ÷ empty | miss, raw with rotation (ns) |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for size in sizes(
             k.rows
@@ -340,22 +345,26 @@ fn kernel(md: &mut String, k: &KernelResults) {
                 .filter_map(|r| r.size.as_deref()),
         ) {
             let hot = find(k, "apifence", family, "hot", Some(size));
+            let hot_drop = find(k, "apifence", family, "hot-drop", Some(size));
             let inside = find(k, "apifence", family, "inside", Some(size));
             let miss = find(k, "apifence", family, "miss", Some(size));
+            let trie = |pattern: &str| find(k, "apifence-lpm-trie", family, pattern, Some(size));
             let prefixes = hot.and_then(|r| r.prefixes).unwrap_or(0);
             let miss_net = miss.and_then(|r| r.net.as_ref());
-            let over_parse = match (miss_net, parse) {
-                (Some(m), Some(p)) => num(m.median - p.median),
-                _ => "–".into(),
-            };
+            let trie_miss = trie("miss").and_then(|r| r.net.as_ref());
             let _ = writeln!(
                 md,
-                "| {size} | {prefixes} | {} | {} | {} | {} | {} | {} |",
+                "| {size} | {prefixes} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 fmt(hot.and_then(|r| r.summary.as_ref())),
+                fmt(hot_drop.and_then(|r| r.summary.as_ref())),
                 fmt(inside.and_then(|r| r.net.as_ref())),
                 fmt(miss_net),
+                fmt(trie("hot").and_then(|r| r.summary.as_ref())),
+                fmt(trie("hot-drop").and_then(|r| r.summary.as_ref())),
+                fmt(trie("inside").and_then(|r| r.net.as_ref())),
+                fmt(trie_miss),
+                ratio(trie_miss, miss_net),
                 ratio(miss_net, empty),
-                over_parse,
                 fmt(miss.and_then(|r| r.summary.as_ref())),
             );
         }
@@ -560,16 +569,22 @@ fn memory(md: &mut String, m: &super::memory::MemoryResults, e: Option<&super::e
          the kernel memory charged to the run's memory cgroup while the list was applied (tries \
          with their intermediate nodes, the serialized policy record, allocator slack). apifence \
          keeps two slots, so after the next replacement both hold a list.\n\n\
-         | list | family | prefixes | trie bytes per prefix (one slot) | both slots | bpftool \
-         says (trie) | charged per prefix | hit counters (by capacity) | policy record map | all \
-         maps |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         For the compiled lookup the \"lookup structure\" is the table maps (roots, chunks, \
+         entries), which are arrays sized by `--capacity` for both families and both slots: \
+         half of them counts as one slot.\n\n\
+         | list | family | lookup | capacity | prefixes | lookup structure bytes per prefix \
+         (one slot) | both slots | bpftool says | charged per prefix | hit counters (by \
+         capacity) | policy record map | all maps | all maps per prefix |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in &m.rows {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {:.1} |",
             r.size,
             r.family.name(),
+            r.lookup,
+            r.capacity,
             r.prefixes,
             r.trie_bytes_per_prefix,
             r.both_slots_bytes_per_prefix,
@@ -579,7 +594,8 @@ fn memory(md: &mut String, m: &super::memory::MemoryResults, e: Option<&super::e
                 .map_or("–".into(), |b| format!("{b:.0}")),
             r.rule_hits_bytes,
             r.policy_bytes,
-            r.all_maps_bytes
+            r.all_maps_bytes,
+            r.all_maps_bytes_per_prefix
         );
     }
     if let Some(e) = e

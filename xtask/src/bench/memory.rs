@@ -8,8 +8,11 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result};
+use apifence::policy::Lookup;
 use aya::maps::MapData;
-use filter_common::{ALL_MAPS, MAP_POLICY, MAP_RULE_HITS};
+use filter_common::{
+    ALL_MAPS, MAP_POLICY, MAP_RULE_HITS, MAP_TABLE_CHUNKS, MAP_TABLE_ENTRIES, MAP_TABLE_ROOTS,
+};
 use serde::{Deserialize, Serialize};
 
 use super::kernel::{Family, Setup};
@@ -22,9 +25,16 @@ pub struct MemoryRow {
     pub size: String,
     /// Family of the list.
     pub family: Family,
+    /// Lookup of the filter (`compiled` or `lpm-trie`).
+    #[serde(default)]
+    pub lookup: String,
+    /// `--capacity` the filter was loaded with (sizes the hit counters and the table maps).
+    #[serde(default)]
+    pub capacity: u32,
     /// Prefixes in the trie.
     pub prefixes: usize,
-    /// `memlock` of the trie holding the list (one slot).
+    /// `memlock` of the lookup structure of one slot: the trie holding the list, or half of
+    /// the compiled table's maps (which hold both slots and both families, sized by capacity).
     pub trie_bytes: u64,
     /// `trie_bytes / prefixes`.
     pub trie_bytes_per_prefix: f64,
@@ -36,6 +46,9 @@ pub struct MemoryRow {
     pub policy_bytes: u64,
     /// `memlock` of every map of the filter.
     pub all_maps_bytes: u64,
+    /// `all_maps_bytes / prefixes`: every map, both slots, per-CPU maps counted per CPU.
+    #[serde(default)]
+    pub all_maps_bytes_per_prefix: f64,
     /// What `bpftool map show` reports for the trie (`bytes_memlock`), when installed.
     pub bpftool_trie_bytes: Option<u64>,
     /// Kernel memory charged to this cgroup while the list was applied (tries, policy record,
@@ -62,6 +75,8 @@ pub fn measure(setup: &Setup) -> Result<MemoryResults> {
             Family::Ipv4 => [filter_common::MAP_V4_SLOT0, filter_common::MAP_V4_SLOT1],
             Family::Ipv6 => [filter_common::MAP_V6_SLOT0, filter_common::MAP_V6_SLOT1],
         };
+        let table = [MAP_TABLE_ROOTS, MAP_TABLE_CHUNKS, MAP_TABLE_ENTRIES];
+        let mut table_bytes = 0;
         let mut all = 0;
         let mut trie = (0u64, tries[0]);
         let mut hits = 0;
@@ -76,6 +91,9 @@ pub fn measure(setup: &Setup) -> Result<MemoryResults> {
             if tries.contains(&name) && bytes > trie.0 {
                 trie = (bytes, name);
             }
+            if table.contains(&name) {
+                table_bytes += bytes;
+            }
             if name == MAP_RULE_HITS {
                 hits = bytes;
             }
@@ -84,17 +102,26 @@ pub fn measure(setup: &Setup) -> Result<MemoryResults> {
             }
         }
         let per = |b: f64| b / inst.prefixes.max(1) as f64;
+        // The lookup's own structure: one slot's trie, or (compiled) half of the table maps,
+        // which hold both slots and both families.
+        let (structure, bpftool_map) = match inst.lookup {
+            Lookup::LpmTrie => (trie.0, trie.1),
+            Lookup::Compiled => (table_bytes / 2, MAP_TABLE_CHUNKS),
+        };
         rows.push(MemoryRow {
             size: inst.size.label(),
             family: inst.family,
+            lookup: inst.lookup.name().into(),
+            capacity: inst.capacity,
             prefixes: inst.prefixes,
-            trie_bytes: trie.0,
-            trie_bytes_per_prefix: per(trie.0 as f64),
-            both_slots_bytes_per_prefix: per(2.0 * trie.0 as f64),
+            trie_bytes: structure,
+            trie_bytes_per_prefix: per(structure as f64),
+            both_slots_bytes_per_prefix: per(2.0 * structure as f64),
+            all_maps_bytes_per_prefix: per(all as f64),
             rule_hits_bytes: hits,
             policy_bytes: policy,
             all_maps_bytes: all,
-            bpftool_trie_bytes: bpftool_memlock(&inst.layout.map(trie.1)),
+            bpftool_trie_bytes: bpftool_memlock(&inst.layout.map(bpftool_map)),
             charged_bytes: inst.kernel_memory_delta,
             charged_bytes_per_prefix: inst.kernel_memory_delta.map(|d| per(d as f64)),
         });
