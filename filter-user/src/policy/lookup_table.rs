@@ -292,7 +292,7 @@ impl Table {
             while let Some(p) = rest.next_if(|p| usize::from(p.addr[byte]) == position) {
                 group.push(*p);
             }
-            values[position] = self.build_node(byte + 1, &group, values[position])?;
+            values[position] = self.build_below(byte + 1, &group, values[position])?;
         }
         if values.iter().all(|v| *v == values[0]) && values[0] & ENTRY_CHILD == 0 {
             return Ok(values[0]);
