@@ -765,6 +765,49 @@ mod tests {
         assert_eq!(table.lookup_v6(a), Some(9));
     }
 
+    /// Counts the reads a lookup makes.
+    struct Counting<'a>(&'a Table, std::cell::Cell<u32>);
+
+    impl TableRead for Counting<'_> {
+        fn root(&self, index: u32) -> Option<u32> {
+            self.1.set(self.1.get() + 1);
+            self.0.root(index)
+        }
+        fn chunk(&self, index: u32) -> Option<Chunk> {
+            self.1.set(self.1.get() + 1);
+            self.0.chunk(index)
+        }
+        fn entry(&self, index: u32) -> Option<u32> {
+            self.1.set(self.1.get() + 1);
+            self.0.entry(index)
+        }
+    }
+
+    #[test]
+    fn lone_deep_prefixes_are_tails_not_chains() {
+        // Two /128s share their /16 (a node at byte 2), then part: each is alone below its
+        // position, so root, chunk, entry and the two tail chunks are all a lookup reads.
+        let prefixes = vec![
+            (net("2a01:100::1/128"), 0),
+            (net("2a01:200::1/128"), 1),
+            (net("2a02::/48"), 2),
+        ];
+        let table = Table::compile(&prefixes, REGION).expect("fits");
+        for (addr, rule, reads) in [
+            ("2a01:100::1", Some(0), 5),
+            ("2a01:100::2", None, 5),
+            ("2a01:200::1", Some(1), 5),
+            ("2a02:0:0:1::", Some(2), 3),
+        ] {
+            let counting = Counting(&table, std::cell::Cell::new(0));
+            let a: Ipv6Addr = addr.parse().expect("test address");
+            let got = lookup(&counting, root_base(REGION.slot, true), &a.octets());
+            assert_eq!(got, rule, "{addr}");
+            assert_eq!(counting.1.get(), reads, "reads for {addr}");
+        }
+        assert_eq!(table.chunks().len(), 1 + 2 * 3);
+    }
+
     #[test]
     fn empty_list_misses_everything() {
         let table = Table::compile(&[], REGION).expect("fits");
