@@ -41,7 +41,8 @@ pub const MAP_V6_SLOT1: &str = "V6_SLOT1";
 /// `VERDICTS` per-CPU array of `u64`, [`COUNTER_COUNT`] entries indexed by the `COUNTER_*`
 /// constants. Written by the program only; the loader sums it over CPUs.
 pub const MAP_VERDICTS: &str = "VERDICTS";
-/// `RULE_HITS` per-CPU array of `u64` indexed by rule id: packets that matched that rule.
+/// `RULE_HITS` array of `u64` (`BPF_F_MMAPABLE`) indexed by rule id: packets that matched
+/// that rule, shared by all CPUs (atomic adds).
 /// The program increments; the loader zeroes an id before it hands the id to a new prefix.
 pub const MAP_RULE_HITS: &str = "RULE_HITS";
 /// `DENY_EVENTS` ring buffer of [`DenyEvent`]s: one per dropped (or would-drop) packet, at

@@ -15,12 +15,11 @@ use std::{
 };
 
 use apifence::{
-    kernel::operations::Filter,
+    kernel::{maps::FilterMaps, operations::Filter},
     policy::{Lookup, Mode, Policy, compile::slot_prefixes},
 };
 use apifence_tests::{frame::Frame, require_privileges};
-use aya::maps::{Map, MapData, PerCpuArray};
-use filter_common::{MAP_RULE_HITS, RuleId};
+use filter_common::RuleId;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 mod support;
@@ -170,10 +169,7 @@ fn random_addresses(rng: &mut Rng, list: &[(IpNet, RuleId)], v6: bool) -> Vec<Ip
 
 /// Runs every address through `lab` and checks verdict and rule against the expectation.
 fn check_all(lab: &Lab, expected: &Expected) {
-    let map = MapData::from_pin(lab.layout.map(MAP_RULE_HITS))
-        .and_then(Map::from_map_data)
-        .expect("open the rule hit counters");
-    let hits: PerCpuArray<MapData, u64> = PerCpuArray::try_from(map).expect("per-CPU array");
+    let maps = FilterMaps::open(&lab.layout).expect("open the filter's maps");
     let mut expected_hits: HashMap<RuleId, u64> = HashMap::new();
     for (addr, rule) in expected {
         let frame = match addr {
@@ -188,7 +184,7 @@ fn check_all(lab: &Lab, expected: &Expected) {
                 assert_eq!(verdict, XDP_PASS, "{lookup}: {addr} matches rule {id}");
                 let want = expected_hits.entry(id).or_default();
                 *want += 1;
-                let got: u64 = hits.get(&id, 0).expect("read a hit counter").iter().sum();
+                let got = maps.hits(id).expect("read a hit counter");
                 assert_eq!(got, *want, "{lookup}: {addr} was not judged by rule {id}");
             }
         }

@@ -1,8 +1,10 @@
 //! The incremental slot writer against the truth in the kernel: after every apply of a random
 //! sequence of policies, the active slot's tries hold exactly the policy's prefixes, with the
-//! ids its record claims, and the inactive slot's record matches its tries too.
+//! ids its record claims (LPM-trie lookup), or the active slot's compiled table, read back from
+//! the kernel, gives every prefix's first and last address the rule of its longest match
+//! (compiled lookup; each apply patches the table the slot held two applies earlier).
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, net::IpAddr};
 
 use apifence::{
     kernel::maps::FilterMaps,
@@ -53,12 +55,54 @@ fn incremental_writes_keep_tries_equal_to_the_records() {
     if !require_privileges("incremental_writes_keep_tries_equal_to_the_records") {
         return;
     }
+    for lookup in Lookup::ALL {
+        incremental_writes_with(lookup);
+    }
+}
+
+/// Longest match of `addr` over `entries`.
+fn longest_match(entries: &[(IpNet, u32)], addr: IpAddr) -> Option<u32> {
+    entries
+        .iter()
+        .filter(|(p, _)| p.contains(&addr))
+        .max_by_key(|(p, _)| p.prefix_len())
+        .map(|(_, id)| *id)
+}
+
+/// Checks the compiled table of the active slot against the slot's record.
+fn check_table(maps: &FilterMaps, active: u32, round: usize, layout: &PinLayout) {
+    let table = maps.table(active).expect("a compiled filter has a table");
+    let record = Filter::open(layout)
+        .expect("open")
+        .record()
+        .expect("record");
+    let entries: Vec<(IpNet, u32)> = slot_prefixes(&record.policy)
+        .expect("prefixes")
+        .into_iter()
+        .zip(record.rule_ids.iter().copied())
+        .collect();
+    for (prefix, _) in &entries {
+        for addr in [prefix.network(), prefix.broadcast()] {
+            let got = match addr {
+                IpAddr::V4(a) => table.lookup_v4(a.octets()),
+                IpAddr::V6(a) => table.lookup_v6(a.octets()),
+            };
+            assert_eq!(
+                got,
+                longest_match(&entries, addr),
+                "round {round}: {addr} in the kernel's table"
+            );
+        }
+    }
+    let ids: BTreeSet<u32> = entries.iter().map(|(_, id)| *id).collect();
+    assert_eq!(ids.len(), entries.len(), "round {round}: ids are unique");
+}
+
+fn incremental_writes_with(lookup: Lookup) {
     let bpffs = Bpffs::new().expect("bpffs");
     let layout = PinLayout::new(bpffs.path());
-    // The tries are what this test reads back: they judge packets with the LPM-trie lookup
-    // (the compiled table's incremental patching has its own tests in lookups_agree.rs).
     let options = AttachOptions {
-        lookup: Some(Lookup::LpmTrie),
+        lookup: Some(lookup),
         ..AttachOptions::default()
     };
     operations::attach(&layout, &options).expect("load");
@@ -80,6 +124,10 @@ fn incremental_writes_keep_tries_equal_to_the_records() {
 
         let maps = FilterMaps::open(&layout).expect("maps");
         let active = maps.active_slot().expect("active slot");
+        if lookup == Lookup::Compiled {
+            check_table(&maps, active, round, &layout);
+            continue;
+        }
         let in_kernel = maps.rule_ids(active).expect("read tries");
         let expected: BTreeSet<IpNet> = slot_prefixes(&policy)
             .expect("prefixes")

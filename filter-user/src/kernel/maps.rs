@@ -19,8 +19,9 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::{
     kernel::{
+        mapped::{Mapped, MappedError},
         paths::PinLayout,
-        table_maps::{TableMaps, TableMapsError, lookup_of_pins},
+        table_maps::{TableMaps, lookup_of_pins},
     },
     policy::{
         Lookup,
@@ -55,9 +56,9 @@ pub enum MapsError {
     /// The number of possible CPUs could not be read.
     #[error("reading the number of possible CPUs: {0}")]
     Cpus(#[source] std::io::Error),
-    /// The compiled table maps could not be mapped.
+    /// A memory-mapped map (compiled table, hit counters) could not be mapped.
     #[error(transparent)]
-    TableMaps(#[from] TableMapsError),
+    Mapped(#[from] MappedError),
     /// The list does not fit the compiled table.
     #[error(transparent)]
     Table(#[from] TableError),
@@ -82,6 +83,34 @@ pub struct SlotContents {
     pub port_words: Vec<u32>,
 }
 
+/// The per-rule hit counters: one `u64` per rule id shared by all CPUs (the program adds
+/// atomically), memory-mapped; or, in pins made by builds before that, a per-CPU array.
+enum HitCounters {
+    /// `BPF_MAP_TYPE_ARRAY`, `BPF_F_MMAPABLE`.
+    Shared(Mapped<u64>),
+    /// `BPF_MAP_TYPE_PERCPU_ARRAY` (older pins).
+    PerCpu(PerCpuArray<MapData, u64>),
+}
+
+impl HitCounters {
+    fn open(layout: &PinLayout) -> Result<Self, MapsError> {
+        let path = layout.map(MAP_RULE_HITS);
+        let per_cpu = MapData::from_pin(&path)
+            .and_then(|map| map.info())
+            .and_then(|info| info.map_type())
+            .map(|kind| kind == aya::maps::MapType::PerCpuArray)
+            .map_err(|source| MapsError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(if per_cpu {
+            HitCounters::PerCpu(open(layout, MAP_RULE_HITS)?)
+        } else {
+            HitCounters::Shared(Mapped::open(&path)?)
+        })
+    }
+}
+
 /// All of the program's maps, opened from their pins.
 pub struct FilterMaps {
     active: Array<MapData, u32>,
@@ -90,7 +119,7 @@ pub struct FilterMaps {
     v4: [Trie<Ipv4Bytes>; 2],
     v6: [Trie<Ipv6Bytes>; 2],
     verdicts: PerCpuArray<MapData, u64>,
-    hits: PerCpuArray<MapData, u64>,
+    hits: HitCounters,
     records: HashMap<MapData, u32, PolicyChunk>,
     /// The compiled table's maps; `None` when the filter uses the LPM tries.
     table: Option<TableMaps>,
@@ -143,7 +172,7 @@ impl FilterMaps {
             v4: [open(layout, MAP_V4_SLOT0)?, open(layout, MAP_V4_SLOT1)?],
             v6: [open(layout, MAP_V6_SLOT0)?, open(layout, MAP_V6_SLOT1)?],
             verdicts: open(layout, MAP_VERDICTS)?,
-            hits: open(layout, MAP_RULE_HITS)?,
+            hits: HitCounters::open(layout)?,
             records: open(layout, MAP_POLICY)?,
             table: match lookup_of_pins(layout)? {
                 Lookup::Compiled => Some(TableMaps::open(layout)?),
@@ -151,6 +180,12 @@ impl FilterMaps {
             },
             trie_capacity,
         })
+    }
+
+    /// The compiled table `slot` holds (what its region's roots reach); `None` when the filter
+    /// uses the LPM tries.
+    pub fn table(&self, slot: u32) -> Option<Table> {
+        self.table.as_ref().map(|table| table.read(slot))
     }
 
     /// The lookup the program uses.
@@ -340,24 +375,37 @@ impl FilterMaps {
         Ok(())
     }
 
-    /// Zeroes the hit counters of `ids` on every CPU.
+    /// Zeroes the hit counters of `ids`.
     pub fn zero_hits(&mut self, ids: &[RuleId]) -> Result<(), MapsError> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError::Cpus(e))?;
-        for id in ids {
-            let zeros = PerCpuValues::try_from(vec![0u64; cpus]).map_err(MapsError::Cpus)?;
-            self.hits
-                .set(*id, zeros, 0)
-                .map_err(access("zeroing", MAP_RULE_HITS))?;
+        match &mut self.hits {
+            HitCounters::Shared(counters) => {
+                for id in ids {
+                    counters.store(*id as usize, 0);
+                }
+            }
+            HitCounters::PerCpu(counters) => {
+                let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError::Cpus(e))?;
+                for id in ids {
+                    let zeros =
+                        PerCpuValues::try_from(vec![0u64; cpus]).map_err(MapsError::Cpus)?;
+                    counters
+                        .set(*id, zeros, 0)
+                        .map_err(access("zeroing", MAP_RULE_HITS))?;
+                }
+            }
         }
         Ok(())
     }
 
-    /// Hits of rule `id`, summed over CPUs (0 for ids out of range).
+    /// Hits of rule `id` (0 for ids out of range).
     pub fn hits(&self, id: RuleId) -> Result<u64, MapsError> {
-        match self.hits.get(&id, 0) {
-            Ok(values) => Ok(values.iter().sum()),
-            Err(MapError::OutOfBounds { .. }) => Ok(0),
-            Err(source) => Err(access("reading", MAP_RULE_HITS)(source)),
+        match &self.hits {
+            HitCounters::Shared(counters) => Ok(counters.load(id as usize).unwrap_or(0)),
+            HitCounters::PerCpu(counters) => match counters.get(&id, 0) {
+                Ok(values) => Ok(values.iter().sum()),
+                Err(MapError::OutOfBounds { .. }) => Ok(0),
+                Err(source) => Err(access("reading", MAP_RULE_HITS)(source)),
+            },
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod attach;
 pub mod bpffs;
 pub mod grace_period;
+pub mod mapped;
 pub mod maps;
 pub mod names;
 pub mod netns;

@@ -5,12 +5,7 @@
 //! period), so the stores race with nothing; the flip that follows is a syscall, which orders
 //! them before any packet can see the slot.
 
-use std::{
-    io,
-    os::fd::{AsFd, AsRawFd},
-    path::PathBuf,
-    ptr::NonNull,
-};
+use std::io;
 
 use aya::maps::MapData;
 use filter_common::{
@@ -19,7 +14,10 @@ use filter_common::{
 };
 
 use crate::{
-    kernel::paths::PinLayout,
+    kernel::{
+        mapped::{Mapped, MappedError},
+        paths::PinLayout,
+    },
     policy::{
         Lookup,
         lookup_table::{Region, Table, TableDiff},
@@ -28,12 +26,12 @@ use crate::{
 
 /// The lookup the maps pinned under `layout` were created for: the table maps of an LPM-trie
 /// filter hold [`TABLE_ELEMENTS_UNUSED`] elements.
-pub fn lookup_of_pins(layout: &PinLayout) -> Result<Lookup, TableMapsError> {
+pub fn lookup_of_pins(layout: &PinLayout) -> Result<Lookup, MappedError> {
     let path = layout.map(MAP_TABLE_CHUNKS);
     let chunks = MapData::from_pin(&path)
         .and_then(|map| map.info())
         .map(|info| info.max_entries())
-        .map_err(|e| TableMapsError::Map {
+        .map_err(|e| MappedError {
             path,
             source: io::Error::other(e),
         })?;
@@ -42,85 +40,6 @@ pub fn lookup_of_pins(layout: &PinLayout) -> Result<Lookup, TableMapsError> {
     } else {
         Lookup::Compiled
     })
-}
-
-/// Mapping or reading the table maps failed.
-#[derive(Debug, thiserror::Error)]
-pub enum TableMapsError {
-    /// The pinned map could not be opened or mapped.
-    #[error("mapping the pinned table map {path} into memory: {source}")]
-    Map {
-        /// Pin path.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
-}
-
-/// One array map mapped into this process, as a slice of `T` (the map's element type, whose
-/// size is a multiple of 8, the kernel's element stride).
-struct Mapped<T> {
-    ptr: NonNull<T>,
-    len: usize,
-    bytes: usize,
-}
-
-impl<T: Copy> Mapped<T> {
-    fn open(layout: &PinLayout, name: &str) -> Result<Self, TableMapsError> {
-        let path = layout.map(name);
-        let fail = |source: io::Error| TableMapsError::Map {
-            path: path.clone(),
-            source,
-        };
-        let map = MapData::from_pin(&path).map_err(|e| fail(io::Error::other(e)))?;
-        let info = map.info().map_err(|e| fail(io::Error::other(e)))?;
-        let value_size = info.value_size() as usize;
-        if value_size != size_of::<T>() || !value_size.is_multiple_of(8) {
-            return Err(fail(io::Error::other(format!(
-                "its values are {value_size} bytes, expected {}",
-                size_of::<T>()
-            ))));
-        }
-        let len = info.max_entries() as usize;
-        // SAFETY: plain libc call; the kernel checks fd, size and flags.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let bytes = (len * value_size).div_ceil(page) * page;
-        // SAFETY: maps `bytes` of the array's value area (what mmap of a BPF_F_MMAPABLE array
-        // exposes); the mapping stays valid after the fd is closed, until `munmap` in Drop.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(fail(io::Error::last_os_error()));
-        }
-        let ptr = NonNull::new(ptr.cast::<T>()).ok_or_else(|| fail(io::Error::other("null")))?;
-        Ok(Self { ptr, len, bytes })
-    }
-
-    fn slice(&self) -> &[T] {
-        // SAFETY: `len` elements of `T` are mapped; `T` is plain data valid for any bytes.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    fn slice_mut(&mut self) -> &mut [T] {
-        // SAFETY: as in `slice`; `&mut self` keeps this process's other views away.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl<T> Drop for Mapped<T> {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `open` mapped.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
-    }
 }
 
 /// The table maps of a filter with the compiled lookup.
@@ -141,18 +60,18 @@ fn flat_mut(pairs: &mut [EntryPair]) -> &mut [u32] {
 
 impl TableMaps {
     /// Maps the three table maps pinned under `layout`.
-    pub fn open(layout: &PinLayout) -> Result<Self, TableMapsError> {
+    pub fn open(layout: &PinLayout) -> Result<Self, MappedError> {
         Ok(Self {
-            roots: Mapped::open(layout, MAP_TABLE_ROOTS)?,
-            chunks: Mapped::open(layout, MAP_TABLE_CHUNKS)?,
-            entries: Mapped::open(layout, MAP_TABLE_ENTRIES)?,
+            roots: Mapped::open(&layout.map(MAP_TABLE_ROOTS))?,
+            chunks: Mapped::open(&layout.map(MAP_TABLE_CHUNKS))?,
+            entries: Mapped::open(&layout.map(MAP_TABLE_ENTRIES))?,
         })
     }
 
     /// The region of `slot`: each slot owns half of the chunk and entry maps.
     pub fn region(&self, slot: u32) -> Region {
-        let chunks = (self.chunks.len / 2) as u32;
-        let entries = self.entries.len as u32; // pairs per map = entries per slot
+        let chunks = (self.chunks.len() / 2) as u32;
+        let entries = self.entries.len() as u32; // pairs per map = entries per slot
         Region::of_slot(slot, chunks, entries)
     }
 
