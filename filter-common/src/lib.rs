@@ -68,8 +68,13 @@ pub const MAP_TABLE_CHUNKS: &str = "TABLE_CHUNKS";
 /// [`table_entries_per_slot`] entries per slot, slot 0 first. Loader writes the inactive slot's region.
 pub const MAP_TABLE_ENTRIES: &str = "TABLE_ENTRIES";
 
+/// `TABLE_V4_FILTER` array map of `u64` (`BPF_F_MMAPABLE`): the compiled table's IPv4 /24
+/// filter, [`table::FILTER_WORDS`] per slot at [`table::filter_base`]. Loader writes the
+/// inactive slot's region.
+pub const MAP_TABLE_V4_FILTER: &str = "TABLE_V4_FILTER";
+
 /// Every map the program defines, in a stable order (pin names under the bpffs directory).
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 16] = [
     MAP_ACTIVE_SLOT,
     MAP_SLOT_CONFIG,
     MAP_PORTS,
@@ -80,6 +85,7 @@ pub const ALL_MAPS: [&str; 15] = [
     MAP_TABLE_ROOTS,
     MAP_TABLE_CHUNKS,
     MAP_TABLE_ENTRIES,
+    MAP_TABLE_V4_FILTER,
     MAP_VERDICTS,
     MAP_RULE_HITS,
     MAP_POLICY,

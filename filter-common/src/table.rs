@@ -14,6 +14,10 @@
 //!                                    ENTRIES[chunk.base + run - 1] ──child──▶ node for b3 ...
 //! ```
 //!
+//! - **IPv4 /24 filter** ([`FILTER_WORDS`] `u64` words per slot): one bit per /24, set where
+//!   any prefix touches that /24. A random IPv4 source in a /24 the list doesn't touch is
+//!   answered with one read of a 2 MiB bitmap that stays in cache, however large the list: for
+//!   1M random prefixes about 94% of random sources stop there.
 //! - **Roots** ([`ROOT_ENTRIES`] `u32` entries per family and slot): one entry per value of the
 //!   top 16 bits of the address. Every prefix of length ≤ 16 is expanded into the roots it
 //!   covers, so a random source outside the list's /16s is answered with **one** load.
@@ -78,6 +82,14 @@ pub const fn root_base(slot: u32, v6: bool) -> u32 {
 
 /// Total root entries of the map (two slots, two families).
 pub const ROOT_MAP_ENTRIES: u32 = 4 * ROOT_ENTRIES;
+
+/// `u64` words of the IPv4 /24 filter per slot: one bit per /24 (2^24 bits, 2 MiB).
+pub const FILTER_WORDS: u32 = 1 << 18;
+
+/// First filter word of `slot` in the filter map.
+pub const fn filter_base(slot: u32) -> u32 {
+    slot * FILTER_WORDS
+}
 
 /// Elements of the root and entry array maps hold two `u32` entries: entry `i` is half
 /// `i % 2` of element `i / 2`. The kernel rounds array elements up to 8 bytes, so a map of
@@ -156,6 +168,8 @@ pub trait TableRead {
     fn chunk(&self, index: u32) -> Option<Chunk>;
     /// Entry `index`.
     fn entry(&self, index: u32) -> Option<u32>;
+    /// IPv4 /24 filter word `index` (absolute, see [`filter_base`]).
+    fn filter(&self, index: u32) -> Option<u64>;
 }
 
 /// One level below the root: the entry for address byte `byte` in the node `node` points to.
@@ -178,17 +192,24 @@ pub fn step<T: TableRead + ?Sized>(table: &T, node: u32, byte: u8) -> Option<u32
     table.entry(chunk.base.wrapping_add(run).wrapping_sub(1))
 }
 
-/// Longest-prefix match of `addr` (network byte order, 4 or 16 bytes) in the table whose root
-/// region starts at `roots` ([`root_base`]): the rule id, or `None` for a miss. At most
-/// `N - 2` levels below the root.
+/// Longest-prefix match of `addr` (network byte order, 4 or 16 bytes) in the table of `slot`:
+/// the rule id, or `None` for a miss. At most `N - 2` levels below the root. An IPv4 address
+/// whose /24 no prefix touches is answered by the /24 filter alone.
 #[inline(always)]
 pub fn lookup<T: TableRead + ?Sized, const N: usize>(
     table: &T,
-    roots: u32,
+    slot: u32,
     addr: &[u8; N],
 ) -> Option<RuleId> {
     let top = (u32::from(addr[0]) << 8) | u32::from(addr[1]);
-    let mut entry = table.root(roots + top)?;
+    if N == 4 {
+        let slash24 = (top << 8) | u32::from(addr[2]);
+        let word = table.filter(filter_base(slot) + (slash24 >> 6))?;
+        if (word >> (slash24 & 63)) & 1 == 0 {
+            return None;
+        }
+    }
+    let mut entry = table.root(root_base(slot, N == 16) + top)?;
     for &byte in addr.iter().skip(2) {
         if entry & ENTRY_CHILD == 0 || is_tail(entry) {
             break;

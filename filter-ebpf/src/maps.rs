@@ -64,6 +64,10 @@ static TABLE_CHUNKS: Array<Chunk> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
 static TABLE_ENTRIES: Array<EntryPair> = Array::pinned(1, BPF_F_MMAPABLE);
 
+/// Compiled table, IPv4 /24 filter of both slots (slot 0's words first).
+#[map]
+static TABLE_V4_FILTER: Array<u64> = Array::pinned(2 * table::FILTER_WORDS, BPF_F_MMAPABLE);
+
 /// The compiled table as the shared walk reads it: each access one inlined array lookup.
 struct Compiled;
 
@@ -85,6 +89,11 @@ impl TableRead for Compiled {
         TABLE_ENTRIES
             .get(index >> 1)
             .map(|pair| table::half(pair, index))
+    }
+
+    #[inline(always)]
+    fn filter(&self, index: u32) -> Option<u64> {
+        TABLE_V4_FILTER.get(index).copied()
     }
 }
 
@@ -149,7 +158,7 @@ pub fn port_protected(slot: u32, port: u16) -> bool {
 #[inline(always)]
 pub fn lookup_v4(slot: u32, addr: Ipv4Bytes) -> Option<RuleId> {
     if compiled_lookup() {
-        return table::lookup(&Compiled, table::root_base(slot, false), &addr);
+        return table::lookup(&Compiled, slot, &addr);
     }
     let key = Key::new(32, addr);
     let rule = if slot == 0 {
@@ -164,7 +173,7 @@ pub fn lookup_v4(slot: u32, addr: Ipv4Bytes) -> Option<RuleId> {
 #[inline(always)]
 pub fn lookup_v6(slot: u32, addr: Ipv6Bytes) -> Option<RuleId> {
     if compiled_lookup() {
-        return table::lookup(&Compiled, table::root_base(slot, true), &addr);
+        return table::lookup(&Compiled, slot, &addr);
     }
     let key = Key::new(128, addr);
     let rule = if slot == 0 {

@@ -8,9 +8,9 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use filter_common::{
-    ALL_MAPS, GLOBAL_LOOKUP, MAP_RULE_HITS, MAP_TABLE_CHUNKS, MAP_TABLE_ENTRIES, MAP_V4_SLOT0,
-    MAP_V4_SLOT1, MAP_V6_SLOT0, MAP_V6_SLOT1, PROGRAM_NAME, TABLE_ELEMENTS_UNUSED, rule_capacity,
-    table_chunks_per_slot, table_entries_per_slot,
+    ALL_MAPS, GLOBAL_LOOKUP, MAP_RULE_HITS, MAP_TABLE_CHUNKS, MAP_TABLE_ENTRIES,
+    MAP_TABLE_V4_FILTER, MAP_V4_SLOT0, MAP_V4_SLOT1, MAP_V6_SLOT0, MAP_V6_SLOT1, PROGRAM_NAME,
+    TABLE_ELEMENTS_UNUSED, rule_capacity, table_chunks_per_slot, table_entries_per_slot,
 };
 
 use crate::{
@@ -109,6 +109,9 @@ fn load_embedded(layout: &PinLayout, capacity: u32, lookup: Lookup) -> Result<Eb
     };
     loader.map_max_entries(MAP_TABLE_CHUNKS, chunks);
     loader.map_max_entries(MAP_TABLE_ENTRIES, entry_pairs);
+    if lookup == Lookup::LpmTrie {
+        loader.map_max_entries(MAP_TABLE_V4_FILTER, TABLE_ELEMENTS_UNUSED);
+    }
     let global = lookup.global();
     loader.override_global(GLOBAL_LOOKUP, &global, true);
     let mut ebpf = loader.load(OBJECT).map_err(AttachError::Load)?;

@@ -9,8 +9,9 @@ use std::io;
 
 use aya::maps::MapData;
 use filter_common::{
-    MAP_TABLE_CHUNKS, MAP_TABLE_ENTRIES, MAP_TABLE_ROOTS, TABLE_ELEMENTS_UNUSED,
-    table::{Chunk, EntryPair, ROOT_ENTRIES, root_base},
+    MAP_TABLE_CHUNKS, MAP_TABLE_ENTRIES, MAP_TABLE_ROOTS, MAP_TABLE_V4_FILTER,
+    TABLE_ELEMENTS_UNUSED,
+    table::{Chunk, EntryPair, FILTER_WORDS, ROOT_ENTRIES, filter_base, root_base},
 };
 
 use crate::{
@@ -47,6 +48,7 @@ pub struct TableMaps {
     roots: Mapped<EntryPair>,
     chunks: Mapped<Chunk>,
     entries: Mapped<EntryPair>,
+    filter: Mapped<u64>,
 }
 
 /// A `[u32]` view of a slice of entry pairs (entry `i` is half `i % 2` of pair `i / 2`).
@@ -65,6 +67,7 @@ impl TableMaps {
             roots: Mapped::open(&layout.map(MAP_TABLE_ROOTS))?,
             chunks: Mapped::open(&layout.map(MAP_TABLE_CHUNKS))?,
             entries: Mapped::open(&layout.map(MAP_TABLE_ENTRIES))?,
+            filter: Mapped::open(&layout.map(MAP_TABLE_V4_FILTER))?,
         })
     }
 
@@ -86,6 +89,7 @@ impl TableMaps {
             &flat(self.roots.slice())[roots..roots + 2 * ROOT_ENTRIES as usize],
             &self.chunks.slice()[chunks..chunks + region.chunk_capacity as usize],
             &flat(self.entries.slice())[entries..entries + region.entry_capacity as usize],
+            self.filter_of(slot),
         )
     }
 
@@ -100,7 +104,14 @@ impl TableMaps {
             &flat(self.roots.slice())[roots..roots + 2 * ROOT_ENTRIES as usize],
             &self.chunks.slice()[chunks..chunks + region.chunk_capacity as usize],
             &flat(self.entries.slice())[entries..entries + region.entry_capacity as usize],
+            self.filter_of(slot),
         )
+    }
+
+    /// The IPv4 /24 filter words of `slot`.
+    fn filter_of(&self, slot: u32) -> &[u64] {
+        let base = filter_base(slot) as usize;
+        &self.filter.slice()[base..base + FILTER_WORDS as usize]
     }
 
     /// Stores `diff` (indices are map indices of the inactive slot's region).
@@ -116,6 +127,10 @@ impl TableMaps {
         let entries = flat_mut(self.entries.slice_mut());
         for (index, value) in &diff.entries {
             entries[*index as usize] = *value;
+        }
+        let filter = self.filter.slice_mut();
+        for (index, word) in &diff.filter {
+            filter[*index as usize] = *word;
         }
     }
 }

@@ -16,8 +16,8 @@ use filter_common::{
     RuleId,
     table::{
         CHILD_INDEX_MASK, CHILD_MASK_SHIFT, CHUNK_POSITIONS, CHUNKS_PER_NODE, Chunk, ENTRY_CHILD,
-        MAX_CHUNKS, MAX_RULE_ID, ROOT_ENTRIES, TableRead, address_words, child, is_tail, leaf,
-        lookup, root_base, tail,
+        FILTER_WORDS, MAX_CHUNKS, MAX_RULE_ID, ROOT_ENTRIES, TableRead, address_words, child,
+        filter_base, is_tail, leaf, lookup, root_base, tail,
     },
 };
 use ipnet::IpNet;
@@ -82,6 +82,8 @@ pub struct Table {
     chunks: Vec<Chunk>,
     /// The used part of the entry region, from its origin.
     entries: Vec<u32>,
+    /// The IPv4 /24 filter of this slot, [`FILTER_WORDS`] words.
+    filter: Vec<u64>,
 }
 
 /// A prefix as the builder sees it: address bytes (IPv4 in the first 4), length, leaf entry.
@@ -156,6 +158,7 @@ impl Table {
             roots: vec![0; 2 * ROOT_ENTRIES as usize],
             chunks: Vec::new(),
             entries: Vec::new(),
+            filter: vec![0; FILTER_WORDS as usize],
         }
     }
 
@@ -172,6 +175,7 @@ impl Table {
                 table.roots[offset + bucket] = table.build_below(2, group, inherited)?;
             }
         }
+        table.filter = v4_filter(prefixes);
         Ok(table)
     }
 
@@ -215,6 +219,7 @@ impl Table {
                 };
             }
         }
+        self.filter = v4_filter(new);
         Ok(())
     }
 
@@ -348,7 +353,13 @@ impl Table {
     /// whole chunk and entry arrays. Only what the roots reach is kept; the used part ends
     /// after the last chunk and entry reachable from them (later ones are garbage a patch may
     /// overwrite). Indices outside the region end the walk there.
-    pub fn from_memory(region: Region, roots: &[u32], chunks: &[Chunk], entries: &[u32]) -> Self {
+    pub fn from_memory(
+        region: Region,
+        roots: &[u32],
+        chunks: &[Chunk],
+        entries: &[u32],
+        filter: &[u64],
+    ) -> Self {
         let mut chunk_end = 0usize;
         let mut entry_end = 0usize;
         let mut pending: Vec<u32> = roots
@@ -394,17 +405,25 @@ impl Table {
             roots: roots.to_vec(),
             chunks: chunks[..chunk_end].to_vec(),
             entries: entries[..entry_end].to_vec(),
+            filter: filter.to_vec(),
         }
     }
 
     /// A region's memory taken whole, as the starting point of a diff when nothing is known
     /// about what it holds: every element that differs from the new table is then written.
-    pub fn raw(region: Region, roots: &[u32], chunks: &[Chunk], entries: &[u32]) -> Self {
+    pub fn raw(
+        region: Region,
+        roots: &[u32],
+        chunks: &[Chunk],
+        entries: &[u32],
+        filter: &[u64],
+    ) -> Self {
         Self {
             region,
             roots: roots.to_vec(),
             chunks: chunks.to_vec(),
             entries: entries.to_vec(),
+            filter: filter.to_vec(),
         }
     }
 
@@ -431,12 +450,12 @@ impl Table {
 
     /// The rule of `addr`'s longest matching prefix, by the same walk the XDP program runs.
     pub fn lookup_v4(&self, addr: [u8; 4]) -> Option<RuleId> {
-        lookup(self, root_base(self.region.slot, false), &addr)
+        lookup(self, self.region.slot, &addr)
     }
 
     /// IPv6 counterpart of [`Table::lookup_v4`].
     pub fn lookup_v6(&self, addr: [u8; 16]) -> Option<RuleId> {
-        lookup(self, root_base(self.region.slot, true), &addr)
+        lookup(self, self.region.slot, &addr)
     }
 
     /// Applies `diff` (made by [`TableDiff::between`] from this table to another).
@@ -454,6 +473,10 @@ impl Table {
         self.entries.resize(entry_len, 0);
         for (index, entry) in &diff.entries {
             self.entries[(index - self.region.entry_origin) as usize] = *entry;
+        }
+        let filter_origin = filter_base(self.region.slot);
+        for (index, word) in &diff.filter {
+            self.filter[(index - filter_origin) as usize] = *word;
         }
     }
 }
@@ -473,6 +496,34 @@ impl TableRead for Table {
         let local = index.checked_sub(self.region.entry_origin)?;
         self.entries.get(local as usize).copied()
     }
+
+    fn filter(&self, index: u32) -> Option<u64> {
+        let local = index.checked_sub(filter_base(self.region.slot))?;
+        self.filter.get(local as usize).copied()
+    }
+}
+
+/// The IPv4 /24 filter of `prefixes`: bit `n` set when some IPv4 prefix touches /24 number
+/// `n` (the address's top 24 bits).
+fn v4_filter(prefixes: &[(IpNet, RuleId)]) -> Vec<u64> {
+    let mut words = vec![0u64; FILTER_WORDS as usize];
+    for (net, _) in prefixes {
+        let IpNet::V4(net) = net else { continue };
+        let first = u32::from(net.network()) >> 8;
+        let last = u32::from(net.broadcast()) >> 8;
+        let mut bit = first;
+        while bit <= last {
+            let word = &mut words[(bit >> 6) as usize];
+            if bit & 63 == 0 && last - bit >= 63 {
+                *word = u64::MAX;
+                bit += 64;
+            } else {
+                *word |= 1 << (bit & 63);
+                bit += 1;
+            }
+        }
+    }
+    words
 }
 
 /// The writes that turn one table of a region into another: changed elements only, with map
@@ -485,6 +536,8 @@ pub struct TableDiff {
     pub chunks: Vec<(u32, Chunk)>,
     /// (entry map index, entry).
     pub entries: Vec<(u32, u32)>,
+    /// (filter map index, word).
+    pub filter: Vec<(u32, u64)>,
     /// Map index one past the new table's last chunk.
     pub chunk_len: u32,
     /// Map index one past the new table's last entry.
@@ -505,10 +558,15 @@ impl TableDiff {
         let entries = changed(&from.entries, &to.entries)
             .map(|(i, v)| (region.entry_origin + i, v))
             .collect();
+        let filter_origin = filter_base(region.slot);
+        let filter = changed(&from.filter, &to.filter)
+            .map(|(i, v)| (filter_origin + i, v))
+            .collect();
         Self {
             roots,
             chunks,
             entries,
+            filter,
             chunk_len: region.chunk_origin + to.chunks.len() as u32,
             entry_len: region.entry_origin + to.entries.len() as u32,
         }
@@ -516,7 +574,7 @@ impl TableDiff {
 
     /// Total elements to write.
     pub fn len(&self) -> usize {
-        self.roots.len() + self.chunks.len() + self.entries.len()
+        self.roots.len() + self.chunks.len() + self.entries.len() + self.filter.len()
     }
 
     /// Whether nothing changes.
@@ -730,7 +788,13 @@ mod tests {
             chunk_memory.resize(after.chunks().len() + 7, Chunk { runs: 1, base: 3, inherited: 9 });
             let mut entry_memory = after.entries().to_vec();
             entry_memory.resize(after.entries().len() + 5, 77);
-            let read = Table::from_memory(REGION, after.roots(), &chunk_memory, &entry_memory);
+            let read = Table::from_memory(
+                REGION,
+                after.roots(),
+                &chunk_memory,
+                &entry_memory,
+                &after.filter,
+            );
             // What nothing reaches any more (a removed bucket at the end) may be left out.
             prop_assert_eq!(read.roots(), after.roots());
             prop_assert!(after.chunks().starts_with(read.chunks()));
@@ -785,6 +849,10 @@ mod tests {
             self.1.set(self.1.get() + 1);
             self.0.entry(index)
         }
+        fn filter(&self, index: u32) -> Option<u64> {
+            self.1.set(self.1.get() + 1);
+            self.0.filter(index)
+        }
     }
 
     #[test]
@@ -805,7 +873,7 @@ mod tests {
         ] {
             let counting = Counting(&table, std::cell::Cell::new(0));
             let a: Ipv6Addr = addr.parse().expect("test address");
-            let got = lookup(&counting, root_base(REGION.slot, true), &a.octets());
+            let got = lookup(&counting, REGION.slot, &a.octets());
             assert_eq!(got, rule, "{addr}");
             assert_eq!(counting.1.get(), reads, "reads for {addr}");
         }
