@@ -194,7 +194,7 @@ pub fn step<T: TableRead + ?Sized>(table: &T, node: u32, byte: u8) -> Option<u32
 
 /// Longest-prefix match of `addr` (network byte order, 4 or 16 bytes) in the table of `slot`:
 /// the rule id, or `None` for a miss. At most `N - 2` levels below the root. An IPv4 address
-/// whose /24 no prefix touches is answered by the /24 filter alone.
+/// whose root points to a node but whose /24 no prefix touches is answered by the /24 filter.
 #[inline(always)]
 pub fn lookup<T: TableRead + ?Sized, const N: usize>(
     table: &T,
@@ -202,14 +202,17 @@ pub fn lookup<T: TableRead + ?Sized, const N: usize>(
     addr: &[u8; N],
 ) -> Option<RuleId> {
     let top = (u32::from(addr[0]) << 8) | u32::from(addr[1]);
-    if N == 4 {
+    let mut entry = table.root(root_base(slot, N == 16) + top)?;
+    // The filter only when the root can't answer: small lists answer random sources from the
+    // roots (256 KiB) without touching the 2 MiB bitmap. The two reads don't depend on each
+    // other, so the CPU can overlap them.
+    if N == 4 && entry & ENTRY_CHILD != 0 {
         let slash24 = (top << 8) | u32::from(addr[2]);
         let word = table.filter(filter_base(slot) + (slash24 >> 6))?;
         if (word >> (slash24 & 63)) & 1 == 0 {
             return None;
         }
     }
-    let mut entry = table.root(root_base(slot, N == 16) + top)?;
     for &byte in addr.iter().skip(2) {
         if entry & ENTRY_CHILD == 0 || is_tail(entry) {
             break;
