@@ -1,28 +1,36 @@
 //! Frame parsing: Ethernet, up to two VLAN tags, IPv4 (real header length) or IPv6 (a bounded
-//! walk over extension headers), then the TCP destination port. Every read goes through
-//! [`Cursor::read`], which checks the frame end; offsets are capped by [`MAX_L4_OFFSET`] so the
-//! verifier can bound them.
+//! walk over extension headers), then the TCP destination port. Headers are `network-types`'
+//! structs (the aya ecosystem's); the IPv6 extension and fragment headers, which it has no
+//! structs for, are read as bytes. Every read goes through [`Cursor::read`], which checks the
+//! frame end; offsets are capped by [`MAX_L4_OFFSET`] so the verifier can bound them.
 
 use aya_ebpf::programs::XdpContext;
 use filter_common::{Ipv4Bytes, Ipv6Bytes};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::{IpProto, Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    vlan::VlanHdr,
+};
 
-const ETH_HEADER_LEN: usize = 14;
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_IPV6: u16 = 0x86dd;
-const ETHERTYPE_VLAN: u16 = 0x8100;
-const ETHERTYPE_QINQ: u16 = 0x88a8;
+/// EtherTypes as they are on the wire (network-types stores them in network byte order).
+const ETHERTYPE_IPV4: u16 = EtherType::Ipv4 as u16;
+const ETHERTYPE_IPV6: u16 = EtherType::Ipv6 as u16;
+const ETHERTYPE_VLAN: u16 = EtherType::Ieee8021q as u16;
+const ETHERTYPE_QINQ: u16 = EtherType::Ieee8021ad as u16;
 /// VLAN tags walked before the frame counts as malformed.
 const MAX_VLAN_TAGS: usize = 2;
-const VLAN_TAG_LEN: usize = 4;
 
-const IPV4_MIN_HEADER_LEN: usize = 20;
-const IPV6_HEADER_LEN: usize = 40;
-const IPPROTO_TCP: u8 = 6;
-const IPV6_HOP_BY_HOP: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
-const IPV6_FRAGMENT: u8 = 44;
-const IPV6_AUTH: u8 = 51;
-const IPV6_DEST_OPTS: u8 = 60;
+const IPPROTO_TCP: u8 = IpProto::Tcp as u8;
+const IPV6_HOP_BY_HOP: u8 = IpProto::HopOpt as u8;
+const IPV6_ROUTING: u8 = IpProto::Ipv6Route as u8;
+const IPV6_FRAGMENT: u8 = IpProto::Ipv6Frag as u8;
+const IPV6_AUTH: u8 = IpProto::Ah as u8;
+const IPV6_DEST_OPTS: u8 = IpProto::Ipv6Opts as u8;
+/// Bytes of the IPv6 fragment header (network-types has no struct for it).
+const IPV6_FRAGMENT_LEN: usize = 8;
+/// Offset of the destination port in the TCP header.
+const TCP_DEST_OFFSET: usize = core::mem::offset_of!(TcpHdr, dest);
 /// IPv6 extension headers walked before the destination port counts as unreadable.
 pub const MAX_IPV6_EXT_HEADERS: usize = 8;
 /// No header starts beyond this offset: larger offsets mean "port unreadable".
@@ -55,23 +63,27 @@ struct Cursor {
 }
 
 impl Cursor {
-    /// Copies `N` bytes at `offset`, or `None` if they run past the frame end.
+    /// Copies the `T` (a header or a byte array) at `offset`, or `None` if it runs past the
+    /// frame end.
     #[inline(always)]
-    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+    fn read<T: Copy>(&self, offset: usize) -> Option<T> {
         if offset > MAX_L4_OFFSET {
             return None;
         }
         let at = self.start + offset;
-        if at + N > self.end {
+        if at + core::mem::size_of::<T>() > self.end {
             return None;
         }
-        // SAFETY: `at .. at + N` lies inside the frame (checked just above).
-        Some(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) })
+        // SAFETY: `at .. at + size_of::<T>()` lies inside the frame (checked just above), and
+        // every `T` read here is plain data valid for any bytes.
+        Some(unsafe { core::ptr::read_unaligned(at as *const T) })
     }
 
+    /// The TCP destination port of the TCP header at `offset`.
     #[inline(always)]
-    fn be16_at(&self, offset: usize) -> Option<u16> {
-        self.read::<2>(offset).map(u16::from_be_bytes)
+    fn tcp_dest_port(&self, offset: usize) -> Option<u16> {
+        self.read::<[u8; 2]>(offset + TCP_DEST_OFFSET)
+            .map(u16::from_be_bytes)
     }
 }
 
@@ -82,19 +94,20 @@ pub fn classify(ctx: &XdpContext) -> Class {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let Some(mut ethertype) = cursor.be16_at(ETH_HEADER_LEN - 2) else {
+    let Some(eth) = cursor.read::<EthHdr>(0) else {
         return Class::Unfiltered;
     };
-    let mut offset = ETH_HEADER_LEN;
+    let mut ethertype = eth.ether_type;
+    let mut offset = EthHdr::LEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETHERTYPE_VLAN && ethertype != ETHERTYPE_QINQ {
             break;
         }
-        let Some(inner) = cursor.be16_at(offset + 2) else {
+        let Some(tag) = cursor.read::<VlanHdr>(offset) else {
             return Class::Malformed;
         };
-        ethertype = inner;
-        offset += VLAN_TAG_LEN;
+        ethertype = tag.ether_type;
+        offset += VlanHdr::LEN;
     }
     match ethertype {
         ETHERTYPE_IPV4 => classify_ipv4(&cursor, offset),
@@ -107,55 +120,54 @@ pub fn classify(ctx: &XdpContext) -> Class {
 
 #[inline(always)]
 fn classify_ipv4(cursor: &Cursor, ip: usize) -> Class {
-    let Some(header) = cursor.read::<IPV4_MIN_HEADER_LEN>(ip) else {
+    let Some(header) = cursor.read::<Ipv4Hdr>(ip) else {
         return Class::Malformed;
     };
-    let version = header[0] >> 4;
-    let header_len = usize::from(header[0] & 0x0f) * 4;
-    let total_len = usize::from(u16::from_be_bytes([header[2], header[3]]));
-    if version != 4 || header_len < IPV4_MIN_HEADER_LEN || total_len < header_len {
+    let header_len = usize::from(header.ihl());
+    if header.version() != 4
+        || header_len < Ipv4Hdr::LEN
+        || usize::from(header.tot_len()) < header_len
+    {
         return Class::Malformed;
     }
     // The options must be present too.
-    if cursor.read::<1>(ip + header_len - 1).is_none() {
+    if cursor.read::<u8>(ip + header_len - 1).is_none() {
         return Class::Malformed;
     }
-    if header[9] != IPPROTO_TCP {
+    if header.proto != IPPROTO_TCP {
         return Class::Unfiltered;
     }
-    let source = Source::V4([header[12], header[13], header[14], header[15]]);
-    let fragment_offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
-    let port = if fragment_offset != 0 {
+    let source = Source::V4(header.src_addr);
+    let port = if header.frag_offset() != 0 {
         None
     } else {
-        cursor.be16_at(ip + header_len + 2)
+        cursor.tcp_dest_port(ip + header_len)
     };
     Class::Tcp { source, port }
 }
 
 #[inline(always)]
 fn classify_ipv6(cursor: &Cursor, ip: usize) -> Class {
-    let Some(header) = cursor.read::<IPV6_HEADER_LEN>(ip) else {
+    let Some(header) = cursor.read::<Ipv6Hdr>(ip) else {
         return Class::Malformed;
     };
-    if header[0] >> 4 != 6 {
+    if header.version() != 6 {
         return Class::Malformed;
     }
-    let mut source = [0u8; 16];
-    source.copy_from_slice(&header[8..24]);
-    let source = Source::V6(source);
-    let mut next = header[6];
-    let mut offset = ip + IPV6_HEADER_LEN;
+    let source = Source::V6(header.src_addr);
+    let mut next = header.next_hdr;
+    let mut offset = ip + Ipv6Hdr::LEN;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             IPPROTO_TCP => {
                 return Class::Tcp {
                     source,
-                    port: cursor.be16_at(offset + 2),
+                    port: cursor.tcp_dest_port(offset),
                 };
             }
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_AUTH => {
-                let Some([following, len]) = cursor.read::<2>(offset) else {
+                // Every extension header starts with its next header and its length.
+                let Some([following, len]) = cursor.read::<[u8; 2]>(offset) else {
                     return Class::Malformed;
                 };
                 // AH counts its length in 4-byte units minus 2; the others in 8-byte units
@@ -168,7 +180,7 @@ fn classify_ipv6(cursor: &Cursor, ip: usize) -> Class {
                 next = following;
             }
             IPV6_FRAGMENT => {
-                let Some(fragment) = cursor.read::<8>(offset) else {
+                let Some(fragment) = cursor.read::<[u8; IPV6_FRAGMENT_LEN]>(offset) else {
                     return Class::Malformed;
                 };
                 next = fragment[0];
@@ -182,7 +194,7 @@ fn classify_ipv6(cursor: &Cursor, ip: usize) -> Class {
                         Class::Unfiltered
                     };
                 }
-                offset += 8;
+                offset += IPV6_FRAGMENT_LEN;
             }
             _ => return Class::Unfiltered,
         }
@@ -190,7 +202,7 @@ fn classify_ipv6(cursor: &Cursor, ip: usize) -> Class {
     if next == IPPROTO_TCP {
         Class::Tcp {
             source,
-            port: cursor.be16_at(offset + 2),
+            port: cursor.tcp_dest_port(offset),
         }
     } else if is_extension(next) {
         // Chain longer than the bound: the port can't be read, so it counts as protected.
