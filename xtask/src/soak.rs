@@ -302,22 +302,16 @@ impl Lab {
     /// Packets the filter judged, from `apifence stats --json`.
     fn packets(&self) -> Result<u64> {
         let out = self.cli(&["stats", "--json"])?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut total = 0;
-        for key in ["passed", "dropped", "would_drop"] {
-            let Some(at) = text.find(&format!("\"{key}\":")) else {
-                bail!("stats --json has no {key}: {text}");
-            };
-            let digits: String = text[at + key.len() + 3..]
-                .trim_start()
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            total += digits
-                .parse::<u64>()
-                .with_context(|| format!("{key} in {text}"))?;
-        }
-        Ok(total)
+        let stats: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("parsing stats --json")?;
+        ["passed", "dropped", "would_drop"]
+            .iter()
+            .map(|key| {
+                stats[key]
+                    .as_u64()
+                    .with_context(|| format!("stats --json has no number {key}: {stats}"))
+            })
+            .sum()
     }
 }
 
