@@ -2,7 +2,9 @@
 //! run through the real program with `BPF_PROG_TEST_RUN`, each compared with a naive model of
 //! the rules written from the README ("What is filtered", "The range language") without any
 //! code of the product: the verdict (pass/drop), the verdict counter that moved, the malformed
-//! counter and, for authorized TCP, the prefix whose hit counter moved.
+//! counter and, for authorized TCP, the merged prefix whose hits (as `stats` reports them) moved.
+//! Every probe is judged by two programs: one with the compiled lookup table (the default) and
+//! one with the LPM-trie lookup.
 //!
 //! The model's prefix rule: the list is searched linearly for the longest match; the kernel holds
 //! the ranges and the always-allow list each merged to the fewest prefixes ("covered and adjacent
@@ -29,11 +31,11 @@ use std::{
 
 use apifence::{
     kernel::{operations::Filter, paths::PinLayout},
-    policy::{Mode, Policy},
+    policy::{Lookup, Mode, Policy},
 };
 use apifence_tests::{bpffs::Bpffs, require_privileges};
 use aya::{
-    maps::{Array, Map, MapData, PerCpuArray, lpm_trie::LpmTrie},
+    maps::{Map, MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use etherparse::{
@@ -44,8 +46,7 @@ use etherparse::{
 };
 use filter_common::{
     COUNTER_DROPPED, COUNTER_MALFORMED, COUNTER_PASSED_AUTHORIZED, COUNTER_PASSED_DISABLED,
-    COUNTER_PASSED_UNPROTECTED, COUNTER_WOULD_DROP, MAP_ACTIVE_SLOT, MAP_RULE_HITS, MAP_V4_SLOT0,
-    MAP_V4_SLOT1, MAP_V6_SLOT0, MAP_V6_SLOT1, MAP_VERDICTS,
+    COUNTER_PASSED_UNPROTECTED, COUNTER_WOULD_DROP, MAP_VERDICTS,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -892,13 +893,15 @@ fn model(list: &List, shape: &Shape, layout: &Layout, len: usize) -> Verdict {
 /// The program and the maps the oracle reads.
 struct Kernel {
     program: Xdp,
+    lookup: Lookup,
     layout: PinLayout,
     verdicts: PerCpuArray<MapData, u64>,
-    hits: PerCpuArray<MapData, u64>,
     /// Counter values after the last probe.
     counters: [u64; 6],
-    /// Merged prefix → rule id of the active slot, and each id's hits after the last probe.
-    rules: BTreeMap<IpNet, (u32, u64)>,
+    /// Read side of the pins, for `stats` (reopened after every apply).
+    filter: Filter,
+    /// Hits per merged prefix (`stats`) after the last probe.
+    hits: BTreeMap<IpNet, u64>,
     _bpffs: Bpffs,
 }
 
@@ -922,19 +925,20 @@ fn sum(values: aya::maps::PerCpuValues<u64>) -> u64 {
 }
 
 impl Kernel {
-    fn new(first: &List) -> Kernel {
+    fn new(first: &List, lookup: Lookup) -> Kernel {
         let bpffs = Bpffs::new().expect("mount a private bpffs");
         let layout = PinLayout::new(bpffs.path());
-        let program = support::load(&layout, first.policy());
+        let program = support::load_with(&layout, first.policy(), lookup);
         let verdicts = PerCpuArray::try_from(open_map(&layout, MAP_VERDICTS)).expect("VERDICTS");
-        let hits = PerCpuArray::try_from(open_map(&layout, MAP_RULE_HITS)).expect("RULE_HITS");
+        let filter = Filter::open(&layout).expect("open the filter");
         let mut kernel = Kernel {
             program,
+            lookup,
             layout,
             verdicts,
-            hits,
             counters: [0; 6],
-            rules: BTreeMap::new(),
+            filter,
+            hits: BTreeMap::new(),
             _bpffs: bpffs,
         };
         kernel.refresh();
@@ -946,43 +950,27 @@ impl Kernel {
             .expect("open the filter")
             .apply_policy(list.policy())
             .unwrap_or_else(|e| panic!("apply {:?}: {e:#}", list.policy()));
+        self.filter = Filter::open(&self.layout).expect("open the filter");
         self.refresh();
     }
 
-    /// Reads the counters and the active slot's prefixes and their hits.
+    /// The hits per merged prefix, as `apifence stats` reports them.
+    fn range_hits(&self) -> BTreeMap<IpNet, u64> {
+        self.filter
+            .stats()
+            .expect("stats")
+            .ranges
+            .into_iter()
+            .map(|r| (r.range.parse().expect("stats range is a prefix"), r.hits))
+            .collect()
+    }
+
+    /// Reads the counters and the hits per merged prefix.
     fn refresh(&mut self) {
         for (i, index) in COUNTERS.iter().enumerate() {
             self.counters[i] = sum(self.verdicts.get(index, 0).expect("read counter"));
         }
-        let active: Array<MapData, u32> =
-            Array::try_from(open_map(&self.layout, MAP_ACTIVE_SLOT)).expect("ACTIVE_SLOT");
-        let slot = active.get(&0, 0).expect("read ACTIVE_SLOT");
-        let (v4, v6) = if slot == 0 {
-            (MAP_V4_SLOT0, MAP_V6_SLOT0)
-        } else {
-            (MAP_V4_SLOT1, MAP_V6_SLOT1)
-        };
-        let mut ids = Vec::new();
-        let trie4: LpmTrie<MapData, [u8; 4], u32> =
-            LpmTrie::try_from(open_map(&self.layout, v4)).expect("IPv4 trie");
-        for entry in trie4.iter() {
-            let (key, id) = entry.expect("read IPv4 trie");
-            let net = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
-                .expect("trie prefix length");
-            ids.push((IpNet::V4(net), id));
-        }
-        let trie6: LpmTrie<MapData, [u8; 16], u32> =
-            LpmTrie::try_from(open_map(&self.layout, v6)).expect("IPv6 trie");
-        for entry in trie6.iter() {
-            let (key, id) = entry.expect("read IPv6 trie");
-            let net = Ipv6Net::new(Ipv6Addr::from(key.data()), key.prefix_len() as u8)
-                .expect("trie prefix length");
-            ids.push((IpNet::V6(net), id));
-        }
-        self.rules = ids
-            .into_iter()
-            .map(|(net, id)| (net, (id, sum(self.hits.get(&id, 0).expect("read hits")))))
-            .collect();
+        self.hits = self.range_hits();
     }
 
     /// Runs `frame` once and reads what moved.
@@ -1024,18 +1012,18 @@ impl Kernel {
         );
         let mut rule = None;
         if counted[0] == Counted::Authorized {
-            for (net, (id, hits)) in self.rules.iter_mut() {
-                let now = sum(self.hits.get(id, 0).expect("read hits"));
-                if now != *hits {
+            let now = self.range_hits();
+            for (net, hits) in &now {
+                if self.hits.get(net).copied().unwrap_or(0) != *hits {
                     assert!(
                         rule.is_none(),
-                        "two rules counted one frame: {}",
+                        "two ranges counted one frame: {}",
                         hex(frame)
                     );
                     rule = Some(*net);
-                    *hits = now;
                 }
             }
+            self.hits = now;
         }
         Verdict {
             action,
@@ -1122,7 +1110,11 @@ fn random_frames_match_the_readme_model() {
     let mut rng = Rng(seed);
 
     let mut list = random_list(&mut rng);
-    let mut kernel = Kernel::new(&list);
+    // Every probe is judged by both lookups (the compiled table, the default, and the tries).
+    let mut kernels: Vec<Kernel> = Lookup::ALL
+        .iter()
+        .map(|lookup| Kernel::new(&list, *lookup))
+        .collect();
     let mut mismatches = Vec::new();
     let mut outcomes: BTreeMap<(Counted, bool), u64> = BTreeMap::new();
     let mut kinds: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -1131,21 +1123,26 @@ fn random_frames_match_the_readme_model() {
     while run < probes && mismatches.len() < MISMATCHES_SHOWN {
         if run > 0 && run.is_multiple_of(PROBES_PER_LIST) {
             list = random_list(&mut rng);
-            kernel.apply(&list);
+            for kernel in &mut kernels {
+                kernel.apply(&list);
+            }
             lists += 1;
         }
         let shape = random_shape(&mut rng, &list);
         let (frame, layout) = build(&shape);
         let want = model(&list, &shape, &layout, frame.len());
-        let got = kernel.run(&frame);
         *outcomes.entry((want.counted, want.malformed)).or_default() += 1;
         *kinds.entry(kind(&shape)).or_default() += 1;
-        if got != want {
-            mismatches.push(format!(
-                "probe {run}: frame {}\n  shape {shape:?}\n  policy {:?}\n  model  {want:?}\n  kernel {got:?}",
-                hex(&frame),
-                list.policy()
-            ));
+        for kernel in &mut kernels {
+            let got = kernel.run(&frame);
+            if got != want {
+                mismatches.push(format!(
+                    "probe {run}: frame {}\n  shape {shape:?}\n  policy {:?}\n  model  {want:?}\n  kernel ({:?} lookup) {got:?}",
+                    hex(&frame),
+                    list.policy(),
+                    kernel.lookup
+                ));
+            }
         }
         run += 1;
     }
