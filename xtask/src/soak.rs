@@ -510,10 +510,19 @@ fn churn_loop(
 ) -> Result<()> {
     let mut rng = Rng(seed.rotate_left(17) | 1);
     let mut wide_ports = false;
+    let mut round = 0u64;
     while Instant::now() < deadline {
         // Let probes run against the settled state.
         thread::sleep(Duration::from_millis(1200 + 100 * rng.below(10) as u64));
-        let roll = rng.below(100);
+        // Restarts and reloads come in a fixed rotation, so even a short run has several of
+        // each; the list and mode changes in between are random.
+        round += 1;
+        let roll = match round % 8 {
+            7 => 0,
+            3 => 90,
+            5 => 97,
+            _ => 6 + rng.below(82),
+        };
         if roll < 6 {
             lab.kill9()?;
             // The filter keeps enforcing while no daemon runs (probes go on, judged).
