@@ -10,6 +10,7 @@ mod fuzz;
 mod package;
 mod process;
 mod setup;
+mod soak;
 mod test;
 mod tools_dir;
 mod vm;
@@ -59,6 +60,9 @@ enum Task {
     /// Fuzz the parsers (range language, config, service tags, socket protocol, deny events)
     /// with cargo fuzz for a bounded time or number of runs each.
     Fuzz(fuzz::FuzzArgs),
+    /// Churn soak: traffic through the daemon's filter while it is changed, reloaded and
+    /// killed; an oracle counts wrongful verdicts (needs root).
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
         Task::Bench(args) => bench::run(&args),
         Task::VmTest(args) => vm::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
+        Task::Soak(args) => soak::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

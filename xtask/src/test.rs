@@ -92,6 +92,10 @@ pub fn run() -> Result<()> {
         "kernel matrix",
         crate::vm::run(&crate::vm::VmArgs::default()),
     );
+    step(
+        "soak (2 minutes)",
+        crate::soak::run(&crate::soak::SoakArgs { minutes: 2 }),
+    );
     // After the tests, whose build the package's docs generator reuses.
     step("package", package::run().map(|_| ()));
     step(
