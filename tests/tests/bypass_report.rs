@@ -7,6 +7,7 @@ mod daemon_support;
 
 use apifence_tests::require_privileges;
 use daemon_support::*;
+use std::time::Duration;
 
 /// The check's JSON entry for `name`.
 fn entry<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -108,4 +109,79 @@ fn check_names_an_unfiltered_vxlan_and_tun_device_until_they_are_filtered_or_gon
     lab.ok(&["detach", "vxlan42"]);
     let err = lab.fails(&["check"]);
     assert!(err.contains("vxlan42 (vxlan)"), "{err}");
+}
+
+#[test]
+fn the_daemon_logs_the_bypass_report_and_counts_it_in_a_metric() {
+    if !require_privileges("the_daemon_logs_the_bypass_report_and_counts_it_in_a_metric") {
+        return;
+    }
+    let lab = DaemonLab::new();
+    lab.api
+        .ip(&["tuntap", "add", "dev", "tun0", "mode", "tun"])
+        .expect("add tun0");
+    lab.api.ip(&["link", "set", "tun0", "up"]).expect("tun0 up");
+    lab.write_raw_config(&config_with_metrics(
+        &lab,
+        &format!("authorized_ranges = [\"{GOOD4}\", \"{GOOD6}\"]"),
+    ));
+    lab.start(&[]);
+
+    // At start: the tun device is logged and counted (api0 is the daemon's, so filtered).
+    let logged = wait_until(Duration::from_secs(10), || {
+        lab.logs()
+            .contains("unfiltered interface could deliver traffic")
+    });
+    let logs = lab.logs();
+    assert!(
+        logged && logs.contains("tun0") && logs.contains("kind=tun"),
+        "{logs}"
+    );
+    let (status, body) = http_get(&lab, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(
+        sample(&body, "apifence_unfiltered_interfaces"),
+        Some(1.0),
+        "{body}"
+    );
+
+    // After a link change: a new vxlan device is logged and counted without a restart.
+    for args in [
+        &[
+            "link", "add", "vxlan42", "type", "vxlan", "id", "42", "dstport", "4789", "dev", "api0",
+        ][..],
+        &["link", "set", "vxlan42", "up"],
+    ] {
+        lab.api
+            .ip(args)
+            .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+    }
+    let logged = wait_until(Duration::from_secs(10), || {
+        lab.logs().contains("kind=vxlan")
+    });
+    assert!(logged, "{}", lab.logs());
+    let (_, body) = http_get(&lab, "/metrics");
+    assert_eq!(
+        sample(&body, "apifence_unfiltered_interfaces"),
+        Some(2.0),
+        "{body}"
+    );
+
+    // Once both are gone, the count is 0 and the log says so.
+    lab.api.ip(&["link", "del", "tun0"]).expect("delete tun0");
+    lab.api
+        .ip(&["link", "del", "vxlan42"])
+        .expect("delete vxlan42");
+    let cleared = wait_until(Duration::from_secs(10), || {
+        lab.logs()
+            .contains("no unfiltered interface can deliver traffic to the protected ports")
+    });
+    assert!(cleared, "{}", lab.logs());
+    let (_, body) = http_get(&lab, "/metrics");
+    assert_eq!(
+        sample(&body, "apifence_unfiltered_interfaces"),
+        Some(0.0),
+        "{body}"
+    );
+    lab.ok(&["check"]);
 }
