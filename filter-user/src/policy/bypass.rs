@@ -220,6 +220,15 @@ pub fn assess(interfaces: &[Interface]) -> Vec<Assessment> {
                         ),
                     )
                 }
+            } else if interface.kind == LinkKind::Tun {
+                (
+                    false,
+                    true,
+                    format!(
+                        "tun device: packets a userspace program writes into it (a VPN, say) \
+                         reach the IP layer here without passing any other interface; {attach}"
+                    ),
+                )
             } else if interface.kind.decapsulates() {
                 (
                     false,
@@ -385,8 +394,9 @@ mod tests {
         for name in ["vxlan42", "tun0"] {
             let a = find(&assessed, name);
             assert!(a.bypass && !a.covered, "{a:?}");
-            assert!(a.reason.contains("decapsulated"), "{a:?}");
         }
+        assert!(find(&assessed, "vxlan42").reason.contains("decapsulated"));
+        assert!(find(&assessed, "tun0").reason.contains("userspace program"));
         let mut filtered_tunnel = interface("wg0", 5, LinkKind::Wireguard);
         filtered_tunnel.filtered = true;
         assert!(!assess(&[filtered_tunnel])[0].bypass);
