@@ -5,11 +5,7 @@
 
 mod daemon_support;
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use apifence_tests::{connect_stream, require_privileges};
 use daemon_support::*;
@@ -20,46 +16,6 @@ const TAGS_FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../filter-user/tests/fixtures/ServiceTags_Public_20251106_excerpt.json"
 );
-/// The metrics endpoint, inside the API server namespace.
-const METRICS: &str = "127.0.0.1:9640";
-
-/// The lab's config with `body`, the metrics endpoint turned on.
-fn config_with_metrics(lab: &DaemonLab, body: &str) -> String {
-    lab.config_text(body)
-        .replace("metrics = \"\"", &format!("metrics = \"{METRICS}\""))
-}
-
-/// `GET path` over HTTP/1.1 from inside the API namespace; returns the status line and body.
-fn http_get(lab: &DaemonLab, path: &str) -> (String, String) {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    let response = lab
-        .api
-        .run(move || -> std::io::Result<String> {
-            let addr: SocketAddr = METRICS.parse().expect("address");
-            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-            stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-            stream.write_all(request.as_bytes())?;
-            let mut text = String::new();
-            stream.read_to_string(&mut text)?;
-            Ok(text)
-        })
-        .expect("run in the API namespace")
-        .expect("scrape the metrics endpoint");
-    let (head, body) = response.split_once("\r\n\r\n").expect("head and body");
-    (
-        head.lines().next().unwrap_or_default().to_owned(),
-        body.to_owned(),
-    )
-}
-
-/// The value of the sample line `series` (`name{labels}`) in exposition `text`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.parse().ok())
-}
-
 #[test]
 fn service_tags_expiry_and_dry_run() {
     if !require_privileges("service_tags_expiry_and_dry_run") {

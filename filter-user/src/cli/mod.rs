@@ -14,6 +14,7 @@ use crate::{
 
 mod attach;
 mod change;
+mod check;
 mod check_config;
 mod daemon;
 mod denied;
@@ -73,6 +74,9 @@ pub enum Command {
     /// Run the daemon: the one owner of the desired state, with live reload.
     #[command(after_help = daemon::HELP)]
     Daemon(daemon::DaemonArgs),
+    /// The bypass report: which interfaces could deliver traffic that no filter sees.
+    #[command(after_help = check::HELP)]
+    Check(check::CheckArgs),
     /// Validate a daemon config file and show what it compiles to; changes nothing.
     #[command(after_help = check_config::HELP)]
     CheckConfig(check_config::CheckConfigArgs),
@@ -111,6 +115,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Mode(args) => mode::run(&context, &args),
         Command::Stats(args) => stats::run(&context, &args),
         Command::Daemon(args) => daemon::run(args),
+        Command::Check(args) => check::run(&context, &args),
         Command::CheckConfig(args) => check_config::run(&args),
         Command::Status(args) => status::run(&context, &args),
         Command::Reload => reload::run(&context),

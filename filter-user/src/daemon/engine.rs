@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 use crate::{
     daemon::{
         DaemonError, ErrorChain,
+        bypass_log::BypassLog,
         config::{self, Config, LoadedConfig, RangesFrom},
         desired::{
             Authorized, Desired, Diff, RangeEntry, Resolved, TagSource, parse_entries, resolve,
@@ -89,6 +90,8 @@ pub struct Engine {
     gone_warned: BTreeSet<String>,
     last_attach_try: Instant,
     warned_gone: bool,
+    /// The bypass report last logged.
+    bypass_log: BypassLog,
 }
 
 /// Everything the engine starts from.
@@ -203,8 +206,10 @@ impl Engine {
             gone_warned: BTreeSet::new(),
             last_attach_try: Instant::now(),
             warned_gone: false,
+            bypass_log: BypassLog::default(),
         };
         engine.converge(replace_program)?;
+        engine.bypass_log.check(&engine.layout);
         Ok(engine)
     }
 
@@ -460,6 +465,7 @@ impl Engine {
                     self.repair_stale();
                     self.attach_missing(true);
                 }
+                self.bypass_log.check(&self.layout);
             }
         }
     }
@@ -491,6 +497,7 @@ impl Engine {
         self.warned_gone = false;
         self.repair_stale();
         self.attach_missing(false);
+        self.bypass_log.check(&self.layout);
     }
 
     /// Re-attaches every configured interface whose attachment is stale (the interface was

@@ -8,13 +8,15 @@
 //! expiry, metrics, the deny log and the lockout guard plug in), [`telemetry`] (counters other
 //! tasks read), [`check`] (`apifence check-config`), [`secure_dir`] (directories and files the
 //! daemon trusts), [`bounded_read`] (operator input read with a size bound), [`link_events`]
-//! (interfaces created or deleted, so stale attachments are repaired at once).
+//! (interfaces created or deleted, so stale attachments are repaired at once), [`bypass_log`]
+//! (logs the interfaces traffic could arrive on unfiltered, as `apifence check` reports them).
 //!
 //! [`run`] is the daemon: it returns when `shutdown` resolves (SIGTERM/SIGINT in the binary,
 //! anything in tests), leaving the filter attached and enforcing (fail-static). Only
 //! `apifence detach` removes the filter.
 
 pub mod bounded_read;
+pub mod bypass_log;
 pub mod check;
 pub mod config;
 pub mod denied;

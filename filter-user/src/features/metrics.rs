@@ -19,7 +19,10 @@
 //! - `apifence_interface_reattachments_total`: stale attachments repaired (interfaces deleted
 //!   and created again under the daemon);
 //! - `apifence_interface_attached{interface=…}`: 1 while the interface's attachment filters the
-//!   interface of that name now, 0 while it is stale.
+//!   interface of that name now, 0 while it is stale;
+//! - `apifence_unfiltered_interfaces`: up interfaces that could deliver traffic to the
+//!   protected ports without passing the filter (`apifence check` names them; left out when
+//!   the interfaces cannot be read).
 
 use std::{
     future::Future,
@@ -66,6 +69,9 @@ pub struct DaemonGauges {
     pub interface_reattachments: u64,
     /// Per attached interface: whether its link filters the interface of that name now.
     pub interfaces_live: Vec<(String, bool)>,
+    /// Up interfaces that could deliver traffic to the protected ports unfiltered (the bypass
+    /// report); `None` when the interfaces could not be read.
+    pub unfiltered_interfaces: Option<u64>,
     /// Deny-log keys evicted to stay within the bound, since start.
     pub deny_log_evicted: u64,
     /// Distinct (source, port, interface) keys in the deny log now.
@@ -188,6 +194,15 @@ pub fn render(stats: Option<&Stats>, daemon: &DaemonGauges, range_limit: usize) 
             "apifence_interface_attached",
             "1 while the interface's attachment filters it, 0 while it is stale (recreated)",
             &samples,
+        );
+    }
+    if let Some(count) = daemon.unfiltered_interfaces {
+        gauges(
+            &mut registry,
+            "apifence_unfiltered_interfaces",
+            "Up interfaces that could deliver traffic to the protected ports without passing the \
+             filter (apifence check lists them)",
+            &[(Vec::new(), count as f64)],
         );
     }
     if let Some(at) = daemon.last_apply {
@@ -492,6 +507,7 @@ mod tests {
             config_reload_failures: 4,
             interface_reattachments: 2,
             interfaces_live: vec![("eth0".into(), true), ("eth1".into(), false)],
+            unfiltered_interfaces: Some(3),
             expired_entries_removed: 5,
             deny_log_evicted: 6,
             deny_log_sources: 9,
@@ -516,6 +532,8 @@ mod tests {
             "apifence_last_apply_duration_seconds 0.0015",
             "apifence_config_reload_failures_total 4",
             "apifence_interface_reattachments_total 2",
+            "# TYPE apifence_unfiltered_interfaces gauge",
+            "apifence_unfiltered_interfaces 3.0",
             "apifence_interface_attached{interface=\"eth0\"} 1.0",
             "apifence_interface_attached{interface=\"eth1\"} 0.0",
             "apifence_expired_entries_removed_total 5",

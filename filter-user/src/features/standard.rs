@@ -45,9 +45,11 @@ use crate::{
     features::metrics::{self, DaemonGauges, Renderer, ServerOptions},
     features::service_tags::ServiceTags,
     kernel::attach,
+    kernel::interfaces,
     kernel::maps::FilterMaps,
     kernel::operations::Filter,
     kernel::paths::PinLayout,
+    policy::bypass,
     policy::verdict::VerdictModel,
 };
 
@@ -320,6 +322,9 @@ fn renderer(
                     (name, live)
                 })
                 .collect(),
+            unfiltered_interfaces: interfaces::list(&layout)
+                .ok()
+                .map(|listed| bypass::bypasses(&bypass::assess(&listed)).len() as u64),
             expired_entries_removed: shared.expired_removed.load(Ordering::Relaxed),
             deny_log_evicted: evicted,
             deny_log_sources: sources,

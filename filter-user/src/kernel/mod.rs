@@ -3,10 +3,12 @@
 //! the pin directory, [`maps`] reads and writes the pinned maps, [`attach`] loads the program
 //! and links it to interfaces, [`grace_period`] waits until no packet still reads an old slot,
 //! [`netns`] enters a named network namespace, [`names`] checks interface and namespace names,
+//! [`interfaces`] lists the namespace's interfaces for the bypass report,
 //! and [`operations`] is the filter as a whole, which the CLI and the daemon drive.
 pub mod attach;
 pub mod bpffs;
 pub mod grace_period;
+pub mod interfaces;
 pub mod mapped;
 pub mod maps;
 pub mod names;

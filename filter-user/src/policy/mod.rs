@@ -2,8 +2,10 @@
 //! [`language`] reads the range language, [`merge`] reduces a list to the fewest prefixes,
 //! [`compile`] turns a [`Policy`] into one slot's contents, [`lookup_table`] compiles a slot's
 //! prefixes into the XDP program's lookup table, [`verdict`] answers "would this source pass?"
-//! in userspace, [`suggest`] finds the name a typo meant, [`echo`] shows input back without
+//! in userspace, [`bypass`] decides which interfaces traffic could arrive on unfiltered,
+//! [`suggest`] finds the name a typo meant, [`echo`] shows input back without
 //! its control characters.
+pub mod bypass;
 pub mod compile;
 pub mod echo;
 pub mod language;

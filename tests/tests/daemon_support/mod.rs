@@ -10,7 +10,8 @@
 
 use std::{
     fs::File,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{
@@ -374,4 +375,44 @@ impl Drop for DaemonLab {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The metrics endpoint, inside the API server namespace.
+pub const METRICS: &str = "127.0.0.1:9640";
+
+/// The lab's config with `body`, the metrics endpoint turned on.
+pub fn config_with_metrics(lab: &DaemonLab, body: &str) -> String {
+    lab.config_text(body)
+        .replace("metrics = \"\"", &format!("metrics = \"{METRICS}\""))
+}
+
+/// `GET path` over HTTP/1.1 from inside the API namespace; returns the status line and body.
+pub fn http_get(lab: &DaemonLab, path: &str) -> (String, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let response = lab
+        .api
+        .run(move || -> std::io::Result<String> {
+            let addr: SocketAddr = METRICS.parse().expect("address");
+            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+            stream.write_all(request.as_bytes())?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text)?;
+            Ok(text)
+        })
+        .expect("run in the API namespace")
+        .expect("scrape the metrics endpoint");
+    let (head, body) = response.split_once("\r\n\r\n").expect("head and body");
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// The value of the sample line `series` (`name{labels}`) in exposition `text`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
 }

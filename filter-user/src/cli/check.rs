@@ -1,0 +1,85 @@
+//! `apifence check`: the bypass report. Lists every up, non-loopback interface of the
+//! namespace with its kind and whether apifence filters it, and fails when any unfiltered one
+//! could deliver traffic to the protected ports (the rule is in [`crate::policy::bypass`]).
+//! Reads the kernel and the pins only, so it works without a daemon.
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use super::Context;
+use crate::{
+    kernel::interfaces,
+    policy::bypass::{self, Assessment},
+};
+
+/// Shown after `apifence check --help`.
+pub const HELP: &str = "Exits non-zero when an interface could deliver traffic to the \
+protected ports without passing the filter, so it can run from monitoring.\n\nExamples:\n  \
+apifence check\n  apifence --netns api check --json";
+
+/// Flags of `apifence check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print JSON: `{"interfaces": [...], "unfiltered": N}`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `apifence check`.
+pub fn run(context: &Context, args: &CheckArgs) -> Result<()> {
+    let assessed = bypass::assess(&interfaces::list(&context.layout)?);
+    let open: Vec<&Assessment> = bypass::bypasses(&assessed);
+    if args.json {
+        let report = serde_json::json!({ "interfaces": assessed, "unfiltered": open.len() });
+        crate::outln!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        crate::outln!("{:<16} {:<10} {:<9} why", "interface", "kind", "verdict");
+        for a in &assessed {
+            let verdict = if a.bypass {
+                "BYPASS"
+            } else if a.covered {
+                "filtered"
+            } else {
+                "ok"
+            };
+            crate::outln!(
+                "{:<16} {:<10} {:<9} {}",
+                a.name,
+                a.kind.name(),
+                verdict,
+                a.reason
+            );
+        }
+    }
+    if !open.is_empty() {
+        let names: Vec<String> = open
+            .iter()
+            .map(|a| format!("{} ({})", a.name, a.kind.name()))
+            .collect();
+        let attach: Vec<&str> = open.iter().map(|a| a.name.as_str()).collect();
+        bail!(
+            "{} unfiltered interface(s) could deliver traffic to the protected ports: {}; attach \
+             to them (`apifence attach {}`), or take down those nothing should arrive on{}",
+            open.len(),
+            names.join(", "),
+            attach.join(" "),
+            l3_note(&open)
+        );
+    }
+    Ok(())
+}
+
+/// A note for L3 devices (frames start at the IP header), whose parse path is being added.
+fn l3_note(open: &[&Assessment]) -> &'static str {
+    use crate::policy::bypass::LinkKind;
+    if open
+        .iter()
+        .any(|a| matches!(a.kind, LinkKind::Tun | LinkKind::Wireguard | LinkKind::Ipip))
+    {
+        " (on L3 devices such as tun, wireguard and ipip, whose packets have no Ethernet \
+         header, check that this apifence version parses them: see the README's \"Where to \
+         attach\")"
+    } else {
+        ""
+    }
+}
