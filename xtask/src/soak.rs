@@ -500,6 +500,9 @@ fn tail(text: &str, lines: usize) -> String {
 }
 
 /// Changes the filter until `deadline`, recording every change window.
+/// The churn's roll that means "replace the list, leaving out what the initial list had".
+const FORCED_REMOVAL: usize = 1000;
+
 fn churn_loop(
     lab: &Lab,
     churn: &mut Churn,
@@ -517,8 +520,11 @@ fn churn_loop(
         // Restarts and reloads come in a fixed rotation, so even a short run has several of
         // each; the list and mode changes in between are random.
         round += 1;
+        // Slot 1 replaces the list with one that leaves out the first host of each family and
+        // both blocks, so every run judges sources that were authorized and then removed.
         let roll = match round % 8 {
             7 => 0,
+            1 => FORCED_REMOVAL,
             3 => 90,
             5 => 97,
             _ => 6 + rng.below(82),
@@ -533,9 +539,19 @@ fn churn_loop(
         }
         let begin = Instant::now();
         let mut next = state.clone();
-        let (ok, expect_ok, shown) = if roll < 40 {
+        let (ok, expect_ok, shown) = if roll < 40 || roll == FORCED_REMOVAL {
             let all = Entry::all();
-            let mut list: Vec<Entry> = all.iter().copied().filter(|_| rng.below(3) == 0).collect();
+            let mut list: Vec<Entry> = if roll == FORCED_REMOVAL {
+                let first = [
+                    Entry::Host(candidate4(0)),
+                    Entry::Host(candidate6(0)),
+                    Entry::Block4,
+                    Entry::Block6,
+                ];
+                all.iter().copied().filter(|e| !first.contains(e)).collect()
+            } else {
+                all.iter().copied().filter(|_| rng.below(3) == 0).collect()
+            };
             if list.is_empty() {
                 list.push(all[rng.below(all.len())]);
             }
