@@ -88,7 +88,7 @@ impl ListArgs {
 }
 
 /// Drops `#` comments (to the end of the line) from a list file.
-fn strip_comments(text: &str) -> String {
+pub(super) fn strip_comments(text: &str) -> String {
     text.lines()
         .map(|line| line.split('#').next().unwrap_or(""))
         .collect::<Vec<_>>()

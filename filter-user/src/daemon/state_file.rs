@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     daemon::{
         desired::Authorized,
+        external::ExternalDesired,
         secure_dir::{self, SecureDirError},
     },
     kernel::paths::StateLayout,
@@ -43,6 +44,10 @@ pub struct StateFile {
     /// The last `apifence mode`, valid while the config's `mode` is still what it was then.
     #[serde(default)]
     pub mode: Option<ModeOverride>,
+    /// The last external desired state applied (`ranges_from = "etcd"`): enforced at start
+    /// until the source answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalDesired>,
 }
 
 impl Default for StateFile {
@@ -51,6 +56,7 @@ impl Default for StateFile {
             version: STATE_VERSION,
             authorized: None,
             mode: None,
+            external: None,
         }
     }
 }

@@ -13,7 +13,8 @@
 //!   one that would cut an established connection to a protected port is refused unless
 //!   `--force`. Reloads and expiry are not refused (the config file and the expiry time are the
 //!   operator's explicit instructions); their impact is still computed for dry runs.
-//! - The deny-log reader and the metrics endpoint run as tasks until the daemon stops.
+//! - The deny-log reader and the metrics endpoint run as tasks until the daemon stops, and with
+//!   `ranges_from = "etcd"` the fleet follower ([`crate::features::fleet::follow`]).
 
 use std::{
     collections::BTreeSet,
@@ -40,6 +41,7 @@ use crate::{
     },
     features::deny_log::{DenyLog, DenyReader},
     features::expiry::{self, Expiring},
+    features::fleet,
     features::impact,
     features::lockout::{self, GuardOptions, LockoutError},
     features::metrics::{self, DaemonGauges, Renderer, ServerOptions},
@@ -280,6 +282,8 @@ impl Features for StandardFeatures {
                 Err(e) => error!(error = %ErrorChain(&e), "the metrics endpoint is off"),
             }
         }
+        // ranges_from = "etcd": follow the fleet's document.
+        tasks.extend(fleet::follow::spawn(context));
         tasks
     }
 
