@@ -309,28 +309,11 @@ async fn show(store: &Store, json: bool) -> Result<()> {
 
 /// The fleet's view now.
 pub async fn view(store: &Store) -> Result<FleetView> {
-    let (pointer, _) = store.pointer().await.map_or_else(
-        // An unreadable pointer still has a revision worth comparing against.
-        |_| Ok::<_, anyhow::Error>((None, 0)),
-        Ok,
-    )?;
-    let revision = match pointer {
-        Some((_, revision)) => Some(revision),
-        None => raw_revision(store).await?,
-    };
+    // The current key's revision even when its value is not a valid pointer.
+    let revision = Some(store.current_revision().await?).filter(|&r| r > 0);
     let hosts = store.hosts().await?;
     let seen = store.seen().await?;
     Ok(FleetView::new(revision, &hosts, &seen, unix_now()))
-}
-
-/// The pointer's mod revision even when its value is not a valid pointer.
-async fn raw_revision(store: &Store) -> Result<Option<i64>> {
-    let mut client = store.client();
-    let response = client
-        .get(store.config().current_key(), None)
-        .await
-        .map_err(|e| store.error(e))?;
-    Ok(response.kvs().first().map(|kv| kv.mod_revision()))
 }
 
 /// Seconds since the Unix epoch.

@@ -4,6 +4,7 @@
 //! reports it enforced.
 
 use std::{
+    collections::HashSet,
     io::Read,
     path::PathBuf,
     time::{Duration, Instant},
@@ -203,19 +204,17 @@ fn next(
 /// What a change would do, one line each.
 fn describe(before: Option<&Document>, after: &Document) -> Vec<String> {
     let mut lines = Vec::new();
+    let key = |e: &RangeEntry| e.text().to_ascii_lowercase();
     let old: &[RangeEntry] = before.map_or(&[], |d| d.authorized.entries());
+    let old_keys: HashSet<String> = old.iter().map(key).collect();
+    let new_keys: HashSet<String> = after.authorized.entries().iter().map(key).collect();
     for entry in after.authorized.entries() {
-        if !old.iter().any(|o| o.same_target(&entry.entry)) {
+        if !old_keys.contains(&key(entry)) {
             lines.push(format!("+ {}", entry.text()));
         }
     }
     for entry in old {
-        if !after
-            .authorized
-            .entries()
-            .iter()
-            .any(|n| n.same_target(&entry.entry))
-        {
+        if !new_keys.contains(&key(entry)) {
             lines.push(format!("- {}", entry.text()));
         }
     }
@@ -261,8 +260,28 @@ pub async fn run(store: &Store, verb: Verb, args: FleetChangeArgs) -> Result<()>
     let mut attempt = 0;
     let (revision, document) = loop {
         attempt += 1;
-        let (current, _) = store.current().await?;
-        let before = current.as_ref().map(|c| &c.document);
+        let (current, expected) = match store.current().await {
+            Ok((current, _)) => {
+                let revision = current.as_ref().map_or(0, |c| c.revision);
+                (current.map(|c| c.document), revision)
+            }
+            // An unusable document is replaced by a whole new one, never added to.
+            Err(StoreError::Document(e)) if verb == Verb::Set => {
+                let revision = store.current_revision().await?;
+                crate::errln!(
+                    "warning: the current document (revision {revision}) is unusable ({e}); \
+                     replacing it: always_allow and mode come from --always-allow and --mode \
+                     (default: none, enforce)"
+                );
+                (None, revision)
+            }
+            Err(StoreError::Document(e)) => bail!(
+                "the current document is unusable ({e}); write the whole list with apifence \
+                 fleet set"
+            ),
+            Err(e) => return Err(e.into()),
+        };
+        let before = current.as_ref();
         let document = next(verb, &args, &text, before)?;
         for warning in warnings(&document) {
             crate::errln!("warning: {warning}");
@@ -278,7 +297,6 @@ pub async fn run(store: &Store, verb: Verb, args: FleetChangeArgs) -> Result<()>
             }
             return Ok(());
         }
-        let expected = current.as_ref().map_or(0, |c| c.revision);
         match store.write(&document, expected).await {
             Ok(revision) => break (revision, document),
             Err(StoreError::Conflict { .. }) if verb != Verb::Set && attempt < RETRIES => continue,

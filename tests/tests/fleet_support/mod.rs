@@ -264,8 +264,13 @@ impl FleetLab {
         flags
     }
 
-    /// `apifence --netns <etcd> fleet <args> <etcd flags>`, bounded.
+    /// `apifence --netns <etcd> fleet <args> <etcd flags>`, bounded by [`CLI_WAIT`].
     pub fn fleet_with(&self, args: &[&str], flags: &[String]) -> Output {
+        self.fleet_within(args, flags, CLI_WAIT)
+    }
+
+    /// [`FleetLab::fleet_with`] bounded by `bound`.
+    pub fn fleet_within(&self, args: &[&str], flags: &[String], bound: Duration) -> Output {
         let mut command = Command::new(apifence_bin().expect("apifence binary"));
         command
             .arg("--netns")
@@ -274,7 +279,7 @@ impl FleetLab {
             .args(args)
             .args(flags)
             .env_remove("APIFENCE_CONFIG");
-        output_with_timeout(&mut command, CLI_WAIT).expect("run apifence fleet")
+        output_with_timeout(&mut command, bound).expect("run apifence fleet")
     }
 
     /// `apifence fleet ARGS` with this lab's etcd flags.

@@ -30,6 +30,8 @@ pub struct HostView {
     pub applied_revision: Option<i64>,
     /// Revisions between the one it enforces and the current one (0 when current).
     pub behind_by: Option<i64>,
+    /// The newest revision it rejected, if its error is about one.
+    pub rejected_revision: Option<i64>,
     /// Seconds since its last report.
     pub report_age_s: Option<f64>,
     /// Its error.
@@ -79,6 +81,7 @@ impl FleetView {
                     state,
                     applied_revision: report.applied_revision,
                     behind_by,
+                    rejected_revision: report.rejected_revision,
                     report_age_s: Some((now_unix - report.reported_unix).max(0.0)),
                     error: report.error.clone(),
                     kernel_digest: report.kernel_digest.clone(),
@@ -96,6 +99,7 @@ impl FleetView {
                 state: HostState::Gone,
                 applied_revision: None,
                 behind_by: None,
+                rejected_revision: None,
                 report_age_s: None,
                 error: None,
                 kernel_digest: None,
@@ -116,15 +120,15 @@ impl FleetView {
             .all(|h| matches!(h.state, HostState::Ok | HostState::Gone))
     }
 
-    /// Live hosts that enforce at least `revision`, and live hosts that reported an error
-    /// about it (for `fleet set --wait`).
+    /// Live hosts that enforce at least `revision`, and live hosts that rejected it or a
+    /// newer one (for `fleet set --wait`; an error about an older revision is not this one's).
     pub fn progress(&self, revision: i64) -> (Vec<&HostView>, Vec<&HostView>) {
         let live = self.hosts.iter().filter(|h| h.state != HostState::Gone);
         let (done, rest): (Vec<_>, Vec<_>) =
             live.partition(|h| h.applied_revision.is_some_and(|r| r >= revision));
         let failed = rest
             .into_iter()
-            .filter(|h| h.state == HostState::Failing)
+            .filter(|h| h.rejected_revision.is_some_and(|r| r >= revision))
             .collect();
         (done, failed)
     }
@@ -146,6 +150,7 @@ mod tests {
         HostStatus {
             host: host.into(),
             applied_revision: applied,
+            rejected_revision: error.map(|_| 9),
             error: error.map(Into::into),
             reported_unix: 100.0,
             ..HostStatus::default()
@@ -187,6 +192,11 @@ mod tests {
         assert_eq!(
             failed.iter().map(|h| h.host.as_str()).collect::<Vec<_>>(),
             ["c"]
+        );
+        let (_, failed) = view.progress(10);
+        assert!(
+            failed.is_empty(),
+            "rejecting revision 9 says nothing about 10"
         );
 
         let fine = FleetView::new(Some(9), &[report("a", Some(9), None)], &seen[..2], 100.0);

@@ -22,8 +22,20 @@ use crate::{
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bound on one request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/2 keep-alive: a member that stops answering is noticed within about this long.
-const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// HTTP/2 keep-alive: a member that stops answering is noticed within about twice this.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// Attempts of one request while etcd is briefly unavailable.
+const ATTEMPTS: u32 = 4;
+
+/// Whether an error is worth one more attempt: etcd unavailable (gRPC code 14: no leader,
+/// leader changed, a member gone) or a broken connection.
+fn transient(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => status.code() as i32 == 14,
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
 
 /// What went wrong talking to etcd, or with what it holds.
 #[derive(Debug, thiserror::Error)]
@@ -157,45 +169,96 @@ impl Store {
         }
     }
 
-    async fn bounded<T>(
-        &self,
-        request: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
-            Ok(result) => result.map_err(|e| self.error(e)),
-            Err(_) => Err(StoreError::Timeout {
-                endpoints: self.config.endpoints.join(","),
-                seconds: REQUEST_TIMEOUT.as_secs(),
-            }),
+    /// Runs `request` with a fresh client handle, bounded by [`REQUEST_TIMEOUT`] per attempt;
+    /// retries (at most [`ATTEMPTS`] times, backing off) while etcd is briefly unavailable
+    /// (a leader election, a member that just died).
+    async fn bounded<T, F, Fut>(&self, mut request: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            let result = tokio::time::timeout(REQUEST_TIMEOUT, request(self.client.clone())).await;
+            match result {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(e)) if attempt < ATTEMPTS && transient(&e) => {}
+                Ok(Err(e)) => return Err(self.error(e)),
+                Err(_) => {
+                    return Err(StoreError::Timeout {
+                        endpoints: self.config.endpoints.join(","),
+                        seconds: REQUEST_TIMEOUT.as_secs(),
+                    });
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+            attempt += 1;
         }
+    }
+
+    /// One key's value and mod revision (`None`: absent), and the store's revision.
+    async fn get(&self, key: String) -> Result<(Option<(Vec<u8>, i64)>, i64), StoreError> {
+        let response = self
+            .bounded(|mut client| {
+                let key = key.clone();
+                async move { client.get(key, None).await }
+            })
+            .await?;
+        let header = response.header().map_or(0, |h| h.revision());
+        let kv = response
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision()));
+        Ok((kv, header))
+    }
+
+    /// Keys (without `prefix`) under `prefix`.
+    async fn keys(&self, prefix: String) -> Result<Vec<(String, i64)>, StoreError> {
+        let response = self
+            .bounded(|mut client| {
+                let prefix = prefix.clone();
+                let options = GetOptions::new().with_prefix().with_keys_only();
+                async move { client.get(prefix, Some(options)).await }
+            })
+            .await?;
+        Ok(response
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let name = kv.key_str().ok()?.strip_prefix(&prefix)?;
+                Some((name.to_string(), kv.mod_revision()))
+            })
+            .collect())
     }
 
     /// The pointer and its revision, and the store's revision when read; `None` when no
     /// document was written yet.
     pub async fn pointer(&self) -> Result<(Option<(Pointer, i64)>, i64), StoreError> {
-        let mut client = self.client.clone();
-        let key = self.config.current_key();
-        let response = self.bounded(client.get(key, None)).await?;
-        let header = response.header().map_or(0, |h| h.revision());
-        let Some(kv) = response.kvs().first() else {
+        let (kv, header) = self.get(self.config.current_key()).await?;
+        let Some((value, revision)) = kv else {
             return Ok((None, header));
         };
-        Ok((
-            Some((Pointer::parse(kv.value())?, kv.mod_revision())),
-            header,
-        ))
+        Ok((Some((Pointer::parse(&value)?, revision)), header))
+    }
+
+    /// The current key's mod revision, whatever its value (0: no document).
+    pub async fn current_revision(&self) -> Result<i64, StoreError> {
+        let (kv, _) = self.get(self.config.current_key()).await?;
+        Ok(kv.map_or(0, |(_, revision)| revision))
     }
 
     /// The document a pointer names (chunks are immutable; a missing one means the pointer
     /// moved on and was garbage-collected, or the data is damaged).
     pub async fn assemble(&self, pointer: &Pointer) -> Result<Document, StoreError> {
         let mut chunks = std::collections::HashMap::new();
-        let mut client = self.client.clone();
         for name in pointer.chunks.iter().collect::<BTreeSet<_>>() {
-            let key = format!("{}{name}", self.config.chunks_prefix());
-            let response = self.bounded(client.get(key, None)).await?;
-            if let Some(kv) = response.kvs().first() {
-                chunks.insert(name.clone(), kv.value().to_vec());
+            let (kv, _) = self
+                .get(format!("{}{name}", self.config.chunks_prefix()))
+                .await?;
+            if let Some((value, _)) = kv {
+                chunks.insert(name.clone(), value);
             }
         }
         Ok(pointer.assemble(|name| chunks.get(name).cloned())?)
@@ -220,17 +283,22 @@ impl Store {
 
     /// Writes `document` if the pointer's revision is still `expected` (0: no document yet):
     /// chunks first, then the pointer in a transaction comparing its mod revision. Returns the
-    /// new revision. Chunks no longer named by the new or the previous pointer are deleted
-    /// afterwards (a host still reading the previous one finds its chunks).
+    /// new revision. Afterwards chunks named neither by the new pointer nor by the previous
+    /// one, and older than the new one, are deleted (a host still reading the previous
+    /// document finds its chunks; a writer racing this one rewrites its chunks after the flip,
+    /// so they are newer and kept).
     pub async fn write(&self, document: &Document, expected: i64) -> Result<i64, StoreError> {
         let encoded = document.encode(CHUNK_SIZE);
-        let mut client = self.client.clone();
         let chunks_prefix = self.config.chunks_prefix();
         let mut written = BTreeSet::new();
         for (name, bytes) in &encoded.chunks {
             if written.insert(name.clone()) {
                 let key = format!("{chunks_prefix}{name}");
-                self.bounded(client.put(key, bytes.clone(), None)).await?;
+                self.bounded(|mut client| {
+                    let (key, bytes) = (key.clone(), bytes.clone());
+                    async move { client.put(key, bytes, None).await }
+                })
+                .await?;
             }
         }
         let current = self.config.current_key();
@@ -246,8 +314,15 @@ impl Store {
                 None,
             )])
             .or_else([TxnOp::get(current.clone(), None)]);
-        let response = self.bounded(client.txn(txn)).await?;
-        if !response.succeeded() {
+        let response = self
+            .bounded(|mut client| {
+                let txn = txn.clone();
+                async move { client.txn(txn).await }
+            })
+            .await?;
+        let revision = if response.succeeded() {
+            response.header().map_or(0, |h| h.revision())
+        } else {
             let found = response
                 .op_responses()
                 .into_iter()
@@ -258,18 +333,23 @@ impl Store {
                     _ => None,
                 })
                 .unwrap_or(0);
-            return Err(StoreError::Conflict { expected, found });
-        }
-        let revision = response.header().map_or(0, |h| h.revision());
-        self.collect_garbage(&written, expected).await;
+            // A retried transaction may have been committed by its first attempt.
+            match self.pointer().await {
+                Ok((Some((pointer, revision)), _))
+                    if revision == found && pointer == encoded.pointer =>
+                {
+                    revision
+                }
+                _ => return Err(StoreError::Conflict { expected, found }),
+            }
+        };
+        self.collect_garbage(written, expected, revision).await;
         Ok(revision)
     }
 
-    /// Deletes chunks named neither by the pointer just written nor by the one before it.
-    /// Best effort: a failure only leaves unused chunks behind.
-    async fn collect_garbage(&self, keep: &BTreeSet<String>, previous: i64) {
+    /// See [`Store::write`]. Best effort: a failure only leaves unused chunks behind.
+    async fn collect_garbage(&self, mut keep: BTreeSet<String>, previous: i64, revision: i64) {
         let mut client = self.client.clone();
-        let mut keep = keep.clone();
         if previous > 0 {
             let options = GetOptions::new().with_revision(previous);
             if let Ok(response) = client.get(self.config.current_key(), Some(options)).await
@@ -278,25 +358,17 @@ impl Store {
             {
                 keep.extend(pointer.chunks);
             } else {
-                // The previous pointer can't be read (compacted): keep everything this time.
+                // The previous pointer can't be read (compacted, or not a pointer): keep
+                // everything this time.
                 return;
             }
         }
-        let prefix = self.config.chunks_prefix();
-        let Ok(response) = client
-            .get(
-                prefix.clone(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
-            .await
-        else {
+        let Ok(chunks) = self.keys(self.config.chunks_prefix()).await else {
             return;
         };
-        for kv in response.kvs() {
-            let Ok(key) = kv.key_str() else { continue };
-            if let Some(name) = key.strip_prefix(&prefix)
-                && !keep.contains(name)
-            {
+        for (name, modified) in chunks {
+            if !keep.contains(&name) && modified < revision {
+                let key = format!("{}{name}", self.config.chunks_prefix());
                 let _ = client.delete(key, None).await;
             }
         }
@@ -304,10 +376,12 @@ impl Store {
 
     /// Every host's last report (hosts whose lease expired are gone).
     pub async fn hosts(&self) -> Result<Vec<HostStatus>, StoreError> {
-        let mut client = self.client.clone();
-        let options = GetOptions::new().with_prefix();
+        let key = self.config.hosts_prefix();
         let response = self
-            .bounded(client.get(self.config.hosts_prefix(), Some(options)))
+            .bounded(|mut client| {
+                let key = key.clone();
+                async move { client.get(key, Some(GetOptions::new().with_prefix())).await }
+            })
             .await?;
         Ok(response
             .kvs()
@@ -318,34 +392,38 @@ impl Store {
 
     /// Names of every host that ever reported.
     pub async fn seen(&self) -> Result<Vec<String>, StoreError> {
-        let mut client = self.client.clone();
-        let prefix = self.config.seen_prefix();
-        let options = GetOptions::new().with_prefix().with_keys_only();
-        let response = self
-            .bounded(client.get(prefix.clone(), Some(options)))
-            .await?;
-        Ok(response
-            .kvs()
-            .iter()
-            .filter_map(|kv| kv.key_str().ok()?.strip_prefix(&prefix).map(String::from))
+        Ok(self
+            .keys(self.config.seen_prefix())
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
             .collect())
     }
 
     /// Records this host's name under `seen/` (no lease).
     pub async fn mark_seen(&self) -> Result<(), StoreError> {
-        let mut client = self.client.clone();
         let key = format!("{}{}", self.config.seen_prefix(), self.config.host);
-        self.bounded(client.put(key, Vec::new(), None)).await?;
+        self.bounded(|mut client| {
+            let key = key.clone();
+            async move { client.put(key, Vec::new(), None).await }
+        })
+        .await?;
         Ok(())
     }
 
     /// Writes this host's report under `hosts/<host>`, attached to `lease`.
     pub async fn report(&self, status: &HostStatus, lease: i64) -> Result<(), StoreError> {
-        let mut client = self.client.clone();
         let key = format!("{}{}", self.config.hosts_prefix(), self.config.host);
         let value = serde_json::to_vec(status).unwrap_or_default();
-        self.bounded(client.put(key, value, Some(PutOptions::new().with_lease(lease))))
-            .await?;
+        self.bounded(|mut client| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                client
+                    .put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
+        .await?;
         Ok(())
     }
 }
