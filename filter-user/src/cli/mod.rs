@@ -93,7 +93,7 @@ pub enum Command {
     Denied(denied::DeniedArgs),
     /// The cluster's list in etcd, which every host's daemon follows (ranges_from = "etcd").
     #[command(after_help = fleet::HELP)]
-    Fleet(fleet::FleetArgs),
+    Fleet(Box<fleet::FleetArgs>),
 }
 
 /// What every command may need from the global flags.
@@ -125,7 +125,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status(args) => status::run(&context, &args),
         Command::Reload => reload::run(&context),
         Command::Denied(args) => denied::run(&context, &args),
-        Command::Fleet(args) => fleet::run(args),
+        Command::Fleet(args) => fleet::run(*args),
     }
 }
 

@@ -44,7 +44,7 @@ use crate::{
     features::fleet,
     features::impact,
     features::lockout::{self, GuardOptions, LockoutError},
-    features::metrics::{self, DaemonGauges, Renderer, ServerOptions},
+    features::metrics::{self, DaemonGauges, Renderer, ServerOptions, SourceGauges},
     features::service_tags::ServiceTags,
     kernel::attach,
     kernel::interfaces,
@@ -332,6 +332,16 @@ fn renderer(
             expired_entries_removed: shared.expired_removed.load(Ordering::Relaxed),
             deny_log_evicted: evicted,
             deny_log_sources: sources,
+            source: telemetry.source_health().map(|health| SourceGauges {
+                applied_revision: health.applied_revision,
+                healthy: health.healthy,
+                since_event: health.last_event_unix.map(|at| {
+                    let now = SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64());
+                    (now - at).max(0.0)
+                }),
+            }),
         };
         metrics::render(stats.as_ref(), &gauges, range_series)
     })
