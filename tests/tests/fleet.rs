@@ -294,6 +294,23 @@ fn tls_with_client_certificates_and_refused_without_them() {
     let out = lab.fleet_with(&["set", &list(false)], &no_client_cert);
     assert!(!out.status.success());
     lab.assert_enforces(true, "refused writers changed nothing");
+
+    // check-config --connect tries the host's TLS files for real.
+    let host = &lab.hosts[0];
+    let config = host.config().display().to_string();
+    let out = host.ok(&["check-config", "--connect", &config]);
+    assert!(out.contains("TLS with a client certificate"), "{out}");
+    assert!(out.contains("connected:       document revision"), "{out}");
+    let without = host.config().with_extension("nocert.toml");
+    let text = std::fs::read_to_string(host.config()).expect("config");
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("cert =") && !l.starts_with("key ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&without, text).expect("write config");
+    let error = host.fails(&["check-config", "--connect", &without.display().to_string()]);
+    assert!(error.contains("etcd"), "{error}");
 }
 
 #[test]
