@@ -81,6 +81,11 @@ pub fn spawn(context: &TaskContext) -> Option<JoinHandle<()>> {
         last_event: None,
         etcd_error: None,
     };
+    // Not healthy until etcd answered once.
+    follower.etcd_error = Some(format!(
+        "not connected to etcd yet; enforcing {}",
+        follower.enforcing()
+    ));
     if let Some(bookmark) = &applied {
         info!(
             revision = bookmark.revision,
