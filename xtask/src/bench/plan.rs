@@ -70,6 +70,12 @@ pub struct Plan {
     pub control_incremental_max: usize,
     /// Control-plane section: probe packets per source per second during replacements.
     pub probe_rate_per_source: u32,
+    /// Fleet section: list sizes.
+    #[serde(default)]
+    pub fleet_sizes: Vec<usize>,
+    /// Fleet section: changes per size.
+    #[serde(default)]
+    pub fleet_changes: usize,
 }
 
 /// Where the AzureCloud data lives, relative to the repository root.
@@ -108,6 +114,8 @@ impl Plan {
                 control_incremental: 5,
                 control_incremental_max: 200,
                 probe_rate_per_source: 5_000,
+                fleet_sizes: vec![200, 10_000],
+                fleet_changes: 6,
             }
         } else {
             Plan {
@@ -140,6 +148,8 @@ impl Plan {
                 control_incremental: 25,
                 control_incremental_max: 10_000,
                 probe_rate_per_source: 10_000,
+                fleet_sizes: vec![200, 10_000],
+                fleet_changes: 120,
             }
         };
         if let Some(rounds) = args.rounds {
