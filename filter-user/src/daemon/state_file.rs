@@ -9,6 +9,10 @@
 //!                                           "expires":"2026-12-01T00:00:00Z"}]},
 //!  "mode":{"mode":"monitor","config_mode":"enforce"}}
 //! ```
+//!
+//! With `ranges_from = "etcd"` it also holds `"external"`: the last document applied (list,
+//! always-allow, mode) with its source's bookmark (`{"revision":…,"digest":"sha256:…"}`), so a
+//! start without etcd enforces it. Nothing secret is in it.
 
 use std::{
     fs::File,
