@@ -371,6 +371,25 @@ async fn status(store: &Store, json: bool) -> Result<()> {
             );
         }
     }
+    if view.tags_differ() {
+        let numbers: Vec<String> = view
+            .hosts
+            .iter()
+            .filter(|h| h.state != HostState::Gone)
+            .map(|h| {
+                format!(
+                    "{} {}",
+                    h.host,
+                    h.tags_change.map_or("none".into(), |n| n.to_string())
+                )
+            })
+            .collect();
+        crate::errln!(
+            "warning: the hosts' service tags files differ (changeNumber: {}); a name may stand \
+             for different prefixes on different hosts: give every host the same file",
+            numbers.join(", ")
+        );
+    }
     if !view.healthy() {
         let bad = view
             .hosts

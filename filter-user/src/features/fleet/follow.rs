@@ -33,6 +33,7 @@ use crate::{
         host::{HostStatus, kernel_facts},
         store::{Store, StoreError},
     },
+    features::service_tags::ServiceTags,
     kernel::paths::PinLayout,
     policy::timestamp::rfc3339,
 };
@@ -80,6 +81,8 @@ pub fn spawn(context: &TaskContext) -> Option<JoinHandle<()>> {
         shutdown: context.shutdown.clone(),
         last_event: None,
         etcd_error: None,
+        tags_file: context.config.service_tags_file.clone(),
+        tags_seen: None,
     };
     // Not healthy until etcd answered once.
     follower.etcd_error = Some(format!(
@@ -115,6 +118,9 @@ struct Follower {
     last_event: Option<OffsetDateTime>,
     /// Trouble with etcd itself (not with a document), while it lasts.
     etcd_error: Option<String>,
+    /// The service tags file, and its modification time and change number when last read.
+    tags_file: Option<std::path::PathBuf>,
+    tags_seen: Option<(SystemTime, Option<u64>)>,
 }
 
 impl Follower {
@@ -359,7 +365,23 @@ impl Follower {
         self.status.error = Some(message);
     }
 
+    /// The service tags file's change number, read again only when the file changed.
+    fn tags_change(&mut self) -> Option<u64> {
+        let path = self.tags_file.as_ref()?;
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+        match self.tags_seen {
+            Some((seen, number)) if seen == modified => number,
+            _ => {
+                // Rare (the file changed): a short blocking read is fine here.
+                let number = ServiceTags::load(path).ok().map(|t| t.change_number());
+                self.tags_seen = Some((modified, number));
+                number
+            }
+        }
+    }
+
     async fn report(&mut self, store: &Store, lease: i64) -> Result<(), SessionError> {
+        self.status.tags_change = self.tags_change();
         let (digest, mode, interfaces) = kernel_facts(&self.layout);
         let now = OffsetDateTime::now_utc();
         self.status.kernel_digest = digest;

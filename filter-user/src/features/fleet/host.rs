@@ -40,6 +40,9 @@ pub struct HostStatus {
     pub mode: Option<Mode>,
     /// Attached interfaces and their XDP mode.
     pub interfaces: BTreeMap<String, String>,
+    /// `changeNumber` of the host's service tags file (names resolve from it), if it has one.
+    #[serde(default)]
+    pub tags_change: Option<u64>,
     /// When this report was written (RFC 3339).
     pub reported_at: String,
     /// Unix seconds of `reported_at`.

@@ -42,6 +42,8 @@ pub struct HostView {
     pub merged: Option<FamilyCounts>,
     /// Its version.
     pub version: Option<String>,
+    /// `changeNumber` of its service tags file.
+    pub tags_change: Option<u64>,
 }
 
 /// `fleet status`.
@@ -87,6 +89,7 @@ impl FleetView {
                     kernel_digest: report.kernel_digest.clone(),
                     merged: Some(report.merged),
                     version: Some(report.version.clone()),
+                    tags_change: report.tags_change,
                 }
             })
             .collect();
@@ -105,6 +108,7 @@ impl FleetView {
                 kernel_digest: None,
                 merged: None,
                 version: None,
+                tags_change: None,
             })
             .collect();
         gone.sort_by(|a, b| a.host.cmp(&b.host));
@@ -131,6 +135,18 @@ impl FleetView {
             .filter(|h| h.rejected_revision.is_some_and(|r| r >= revision))
             .collect();
         (done, failed)
+    }
+
+    /// Whether live hosts resolve names from service tags files with different change
+    /// numbers (the same name may then stand for different prefixes on different hosts).
+    pub fn tags_differ(&self) -> bool {
+        let numbers: std::collections::BTreeSet<Option<u64>> = self
+            .hosts
+            .iter()
+            .filter(|h| h.state != HostState::Gone)
+            .map(|h| h.tags_change)
+            .collect();
+        numbers.len() > 1
     }
 
     /// Live hosts.
@@ -201,6 +217,11 @@ mod tests {
 
         let fine = FleetView::new(Some(9), &[report("a", Some(9), None)], &seen[..2], 100.0);
         assert!(fine.healthy(), "a gone host does not fail the status");
+        assert!(!view.tags_differ());
+        let mut tagged = report("b", Some(9), None);
+        tagged.tags_change = Some(375);
+        let differ = FleetView::new(Some(9), &[report("a", Some(9), None), tagged], &[], 100.0);
+        assert!(differ.tags_differ());
         let never = FleetView::new(Some(9), &[report("a", None, None)], &[], 100.0);
         assert_eq!(never.hosts[0].state, HostState::Behind);
     }
