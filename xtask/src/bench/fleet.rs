@@ -72,6 +72,17 @@ pub struct FleetResults {
     pub probe_ms: f64,
     /// One row per size.
     pub sizes: Vec<FleetSize>,
+    /// Fan-out: lightweight watchers (etcd watch, document read and checked, the kernel step
+    /// stood in for by a userspace merge).
+    #[serde(default)]
+    pub fanout_watchers: usize,
+    /// Fan-out: ms from `fleet set` returning until every watcher merged the change (200
+    /// prefixes), per change.
+    #[serde(default)]
+    pub fanout_ms: Vec<f64>,
+    /// Their summary.
+    #[serde(default)]
+    pub fanout: Option<Summary>,
 }
 
 /// One host: its namespaces, daemon and directory.
@@ -265,6 +276,9 @@ fn measure(plan: &Plan, bin: &Path, root: &Path) -> Result<FleetResults> {
         etcd_version: etcd_version(),
         probe_ms: PROBE.as_secs_f64() * 1e3,
         sizes: Vec::new(),
+        fanout_watchers: plan.fleet_fanout_watchers,
+        fanout_ms: Vec::new(),
+        fanout: None,
     };
     for &size in &plan.fleet_sizes {
         let files = [true, false].map(|good| {
@@ -339,6 +353,30 @@ fn measure(plan: &Plan, bin: &Path, root: &Path) -> Result<FleetResults> {
         results.sizes.push(row);
     }
     drop(hosts);
+    if plan.fleet_fanout_watchers > 0 {
+        let [good, bad] = [true, false].map(|good| root.join(format!("list-200-{good}.txt")));
+        for (path, good) in [(&good, true), (&bad, false)] {
+            std::fs::write(path, list(200, good))?;
+        }
+        eprintln!(
+            "bench: fleet fan-out: {} watchers, {} changes",
+            plan.fleet_fanout_watchers, plan.fleet_fanout_changes
+        );
+        results.fanout_ms = super::fleet_fanout::run(
+            &etcd,
+            bin,
+            [&good, &bad],
+            plan.fleet_fanout_watchers,
+            plan.fleet_fanout_changes,
+        )?;
+        results.fanout = Summary::of(&results.fanout_ms);
+        if let Some(s) = &results.fanout {
+            eprintln!(
+                "bench: fleet fan-out: all {} watchers after p50 {:.1} ms, p99 {:.1} ms",
+                plan.fleet_fanout_watchers, s.median, s.p99
+            );
+        }
+    }
     drop(etcd);
     Ok(results)
 }

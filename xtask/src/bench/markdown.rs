@@ -103,10 +103,23 @@ fn fleet(md: &mut String, f: &super::fleet::FleetResults) {
             r.not_converged
         );
     }
-    md.push_str(
-        "\nNot measured: the fan-out to 100 or more watching hosts (only 3 real hosts run \
-         here).\n\n",
-    );
+    match &f.fanout {
+        Some(s) => {
+            let _ = writeln!(
+                md,
+                "\nFan-out: {} lightweight watchers (each its own etcd connection and watch, the \
+                 document read and checked; the kernel step stood in for by merging the list in \
+                 userspace, so this is not {} real hosts), 200 prefixes, {} changes: every \
+                 watcher had the change after p50 {} ms, p99 {} ms.\n",
+                f.fanout_watchers,
+                f.fanout_watchers,
+                s.n,
+                num(s.median),
+                num(s.p99)
+            );
+        }
+        None => md.push_str("\nFan-out: not measured in this run.\n\n"),
+    }
 }
 
 /// `12.3 ±4%`.

@@ -25,6 +25,8 @@ mod e2e;
 #[cfg(feature = "bench")]
 mod fleet;
 #[cfg(feature = "bench")]
+mod fleet_fanout;
+#[cfg(feature = "bench")]
 mod harness;
 #[cfg(feature = "bench")]
 mod kernel;

@@ -76,6 +76,12 @@ pub struct Plan {
     /// Fleet section: changes per size.
     #[serde(default)]
     pub fleet_changes: usize,
+    /// Fleet section: lightweight watchers of the fan-out run (0: none).
+    #[serde(default)]
+    pub fleet_fanout_watchers: usize,
+    /// Fleet section: changes of the fan-out run.
+    #[serde(default)]
+    pub fleet_fanout_changes: usize,
 }
 
 /// Where the AzureCloud data lives, relative to the repository root.
@@ -116,6 +122,8 @@ impl Plan {
                 probe_rate_per_source: 5_000,
                 fleet_sizes: vec![200, 10_000],
                 fleet_changes: 6,
+                fleet_fanout_watchers: 20,
+                fleet_fanout_changes: 3,
             }
         } else {
             Plan {
@@ -150,6 +158,8 @@ impl Plan {
                 probe_rate_per_source: 10_000,
                 fleet_sizes: vec![200, 10_000],
                 fleet_changes: 120,
+                fleet_fanout_watchers: 100,
+                fleet_fanout_changes: 30,
             }
         };
         if let Some(rounds) = args.rounds {
