@@ -76,7 +76,7 @@ pub struct FleetResults {
     /// stood in for by a userspace merge).
     #[serde(default)]
     pub fanout_watchers: usize,
-    /// Fan-out: ms from `fleet set` returning until every watcher merged the change (200
+    /// Fan-out: ms from `fleet set` starting until every watcher merged the change (200
     /// prefixes), per change.
     #[serde(default)]
     pub fanout_ms: Vec<f64>,

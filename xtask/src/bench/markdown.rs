@@ -110,7 +110,8 @@ fn fleet(md: &mut String, f: &super::fleet::FleetResults) {
                 "\nFan-out: {} lightweight watchers (each its own etcd connection and watch, the \
                  document read and checked; the kernel step stood in for by merging the list in \
                  userspace, so this is not {} real hosts), 200 prefixes, {} changes: every \
-                 watcher had the change after p50 {} ms, p99 {} ms.\n",
+                 watcher had the change p50 {} ms, p99 {} ms after `fleet set` started (the \
+                 command's own time included).\n",
                 f.fanout_watchers,
                 f.fanout_watchers,
                 s.n,
