@@ -46,7 +46,7 @@ pub struct SourceHealth {
     pub healthy: bool,
     /// The revision (or other version number) of the document applied last.
     pub applied_revision: Option<u64>,
-    /// When the last event from the source arrived (RFC 3339).
+    /// When the source last answered: a read, an event or a keep-alive (RFC 3339).
     pub last_event: Option<String>,
     /// Unix seconds of the last event (for the metrics).
     #[serde(skip)]

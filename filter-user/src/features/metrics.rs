@@ -25,7 +25,8 @@
 //!   the interfaces cannot be read);
 //! - with `ranges_from = "etcd"`: `apifence_source_applied_revision`, `apifence_source_healthy`
 //!   (0 while etcd is unreachable or the last document was rejected) and
-//!   `apifence_source_seconds_since_event` (since the last successful read or watch event).
+//!   `apifence_source_seconds_since_event` (since etcd last answered: a read, a watch event or
+//!   a keep-alive of the host's report, every 2 s while connected).
 
 use std::{
     future::Future,
@@ -257,7 +258,7 @@ pub fn render(stats: Option<&Stats>, daemon: &DaemonGauges, range_limit: usize) 
         if let Some(seconds) = source.since_event {
             samples.push((
                 "apifence_source_seconds_since_event",
-                "Seconds since the last successful read or watch event from the external source",
+                "Seconds since the external source last answered (read, watch event or keep-alive)",
                 seconds,
             ));
         }

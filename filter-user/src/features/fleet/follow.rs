@@ -220,7 +220,11 @@ impl Follower {
                     keeper.keep_alive().await.map_err(|e| store.error(e))?;
                     let answer = tokio::time::timeout(REPORT_EVERY * 2, alive.message()).await;
                     match answer {
-                        Ok(Ok(Some(response))) if response.ttl() > 0 => {}
+                        Ok(Ok(Some(response))) if response.ttl() > 0 => {
+                            // etcd answered: the metric of the time since contact restarts.
+                            self.last_event = Some(OffsetDateTime::now_utc());
+                            self.publish_health();
+                        }
                         Ok(Ok(_)) => return Err(SessionError::Other("the report's lease expired".into())),
                         Ok(Err(e)) => return Err(store.error(e).into()),
                         Err(_) => return Err(SessionError::Other(format!(
