@@ -83,6 +83,7 @@ pub fn spawn(context: &TaskContext) -> Option<JoinHandle<()>> {
         etcd_error: None,
         tags_file: context.config.service_tags_file.clone(),
         tags_seen: None,
+        lease: None,
     };
     // Not healthy until etcd answered once.
     follower.etcd_error = Some(format!(
@@ -121,6 +122,9 @@ struct Follower {
     /// The service tags file, and its modification time and change number when last read.
     tags_file: Option<std::path::PathBuf>,
     tags_seen: Option<(SystemTime, Option<u64>)>,
+    /// The report's lease, kept across reconnects while etcd still has it (so a short
+    /// reconnect does not make the host look gone).
+    lease: Option<i64>,
 }
 
 impl Follower {
@@ -187,15 +191,7 @@ impl Follower {
     async fn session(&mut self) -> Result<(), SessionError> {
         let store = Store::connect(&self.config).await?;
         let mut client = store.client();
-        let lease = client
-            .lease_grant(REPORT_TTL, None)
-            .await
-            .map_err(|e| store.error(e))?
-            .id();
-        let (mut keeper, mut alive) = client
-            .lease_keep_alive(lease)
-            .await
-            .map_err(|e| store.error(e))?;
+        let (lease, mut keeper, mut alive) = self.lease(&store).await?;
         store.mark_seen().await?;
         let mut from = self.full_read(&store).await?;
         if self.etcd_error.take().is_some() {
@@ -273,6 +269,47 @@ impl Follower {
                 }
             }
         }
+    }
+
+    /// The lease of the previous session while etcd still has it, else a new one; with its
+    /// keep-alive stream.
+    async fn lease(
+        &mut self,
+        store: &Store,
+    ) -> Result<
+        (
+            i64,
+            etcd_client::LeaseKeeper,
+            etcd_client::LeaseKeepAliveStream,
+        ),
+        SessionError,
+    > {
+        let mut client = store.client();
+        if let Some(id) = self.lease.take() {
+            let (mut keeper, mut alive) = client
+                .lease_keep_alive(id)
+                .await
+                .map_err(|e| store.error(e))?;
+            keeper.keep_alive().await.map_err(|e| store.error(e))?;
+            let answer = tokio::time::timeout(REPORT_EVERY * 2, alive.message()).await;
+            if let Ok(Ok(Some(response))) = answer
+                && response.ttl() > 0
+            {
+                self.lease = Some(id);
+                return Ok((id, keeper, alive));
+            }
+        }
+        let id = client
+            .lease_grant(REPORT_TTL, None)
+            .await
+            .map_err(|e| store.error(e))?
+            .id();
+        let (keeper, alive) = client
+            .lease_keep_alive(id)
+            .await
+            .map_err(|e| store.error(e))?;
+        self.lease = Some(id);
+        Ok((id, keeper, alive))
     }
 
     async fn watch(
