@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 
 use toml::Value;
 
+use crate::policy::echo::escape;
+
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "/apifence/";
 /// Default cluster name.
@@ -251,7 +253,10 @@ fn path(key: &'static str, value: &Value, dir: &Path) -> Result<PathBuf, EtcdCon
     if path.is_absolute() {
         Ok(path)
     } else if text.is_empty() {
-        Err(EtcdConfigError::NotAbsolute { key, value: text })
+        Err(EtcdConfigError::NotAbsolute {
+            key,
+            value: escape(&text),
+        })
     } else {
         // Relative to the config file's directory, like service_tags_file.
         Ok(dir.join(path))
@@ -267,7 +272,10 @@ fn name(key: &'static str, text: String) -> Result<String, EtcdConfigError> {
     if ok {
         Ok(text)
     } else {
-        Err(EtcdConfigError::BadName { key, value: text })
+        Err(EtcdConfigError::BadName {
+            key,
+            value: escape(&text),
+        })
     }
 }
 
@@ -275,7 +283,7 @@ fn name(key: &'static str, text: String) -> Result<String, EtcdConfigError> {
 fn endpoint(position: usize, text: &str) -> Result<bool, EtcdConfigError> {
     let bad = |problem| EtcdConfigError::BadEndpoint {
         position,
-        value: text.to_string(),
+        value: escape(text),
         problem,
     };
     let (https, rest) = if let Some(rest) = text.strip_prefix("https://") {
@@ -327,7 +335,7 @@ pub fn parse_etcd(value: Value, dir: &Path) -> Result<EtcdConfig, EtcdConfigErro
     for key in table.keys() {
         if !known().any(|k| k == key) {
             return Err(EtcdConfigError::UnknownKey {
-                key: key.clone(),
+                key: escape(key),
                 suggestion: crate::policy::suggest::did_you_mean(key, known()),
             });
         }
@@ -363,7 +371,7 @@ pub fn parse_etcd(value: Value, dir: &Path) -> Result<EtcdConfig, EtcdConfigErro
         None => DEFAULT_PREFIX.to_string(),
     };
     if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.contains(char::is_whitespace) {
-        return Err(EtcdConfigError::BadPrefix(prefix));
+        return Err(EtcdConfigError::BadPrefix(escape(&prefix)));
     }
     let cluster = match table.get("cluster") {
         Some(value) => name("cluster", string("cluster", value)?)?,
@@ -564,6 +572,13 @@ password_file = "/etc/apifence/pw""#,
                 "{text}:\n  {error}\n  wanted {expected}"
             );
         }
+        let hostile = parse("endpoints = [\"http://a:1\"]\ncluster = \"a\\u001b[31m\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            hostile.contains("etcd.cluster = \"a\\u{1b}[31m\""),
+            "control characters are escaped: {hostile}"
+        );
         assert_eq!(
             parse_etcd(Value::Integer(1), Path::new("/")).unwrap_err(),
             EtcdConfigError::NotATable
