@@ -5,7 +5,6 @@
 
 use std::{
     collections::HashSet,
-    io::Read,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -15,7 +14,7 @@ use clap::Args;
 use ipnet::IpNet;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use super::{fleet::view, ranges::strip_comments};
+use super::{fleet::view, ranges::list_text};
 use crate::{
     daemon::desired::{Authorized, RangeEntry, parse_entries},
     features::fleet::{
@@ -78,22 +77,7 @@ pub struct FleetChangeArgs {
 
 impl FleetChangeArgs {
     fn text(&self) -> Result<String> {
-        match (&self.list, &self.file) {
-            (Some(list), _) => Ok(list.clone()),
-            (None, Some(path)) => {
-                let mut text = String::new();
-                if path.as_os_str() == "-" {
-                    std::io::stdin()
-                        .read_to_string(&mut text)
-                        .context("reading the list from stdin")?;
-                } else {
-                    text = std::fs::read_to_string(path)
-                        .with_context(|| format!("reading the list from {}", path.display()))?;
-                }
-                Ok(strip_comments(&text))
-            }
-            (None, None) => bail!("give a LIST or --file PATH"),
-        }
+        list_text(self.list.as_deref(), self.file.as_deref())
     }
 }
 
