@@ -361,6 +361,122 @@ async fn wait_for(store: &Store, revision: i64, bound: Duration) -> Result<()> {
 mod tests {
     use super::*;
 
+    fn args(list: &str) -> FleetChangeArgs {
+        FleetChangeArgs {
+            list: Some(list.into()),
+            file: None,
+            note: None,
+            expires: None,
+            always_allow: None,
+            mode: None,
+            dry_run: false,
+            wait: None,
+        }
+    }
+
+    fn texts(document: &Document) -> Vec<String> {
+        document
+            .authorized
+            .entries()
+            .iter()
+            .map(RangeEntry::text)
+            .collect()
+    }
+
+    #[test]
+    fn set_add_remove_keep_what_they_should() {
+        let mut set = args("10.0.0.0/8, 2001:db8::/32");
+        set.always_allow = Some("198.51.100.7".into());
+        set.mode = Some("monitor".into());
+        set.note = Some("vpn".into());
+        let first = next(Verb::Set, &set, "10.0.0.0/8, 2001:db8::/32", None).unwrap();
+        assert_eq!(texts(&first), ["10.0.0.0/8", "2001:db8::/32"]);
+        assert_eq!(first.mode, Mode::Monitor);
+        assert_eq!(first.always_allow.len(), 1);
+        assert_eq!(first.authorized.entries()[0].note.as_deref(), Some("vpn"));
+
+        let added = next(Verb::Add, &args("10.0.0.1"), "10.0.0.1", Some(&first)).unwrap();
+        assert_eq!(
+            texts(&added),
+            ["10.0.0.0/8", "2001:db8::/32", "10.0.0.1/32"]
+        );
+        assert_eq!(added.mode, Mode::Monitor, "add keeps the mode");
+        assert_eq!(
+            added.always_allow, first.always_allow,
+            "add keeps always_allow"
+        );
+        assert_eq!(
+            describe(Some(&first), &added),
+            ["+ 10.0.0.1/32"],
+            "the dry run names what changes"
+        );
+
+        let removed = next(
+            Verb::Remove,
+            &args("10.0.0.0/8"),
+            "10.0.0.0/8",
+            Some(&added),
+        )
+        .unwrap();
+        assert_eq!(texts(&removed), ["2001:db8::/32", "10.0.0.1/32"]);
+
+        let reset = next(Verb::Set, &args("10.0.0.0/8"), "10.0.0.0/8", Some(&removed)).unwrap();
+        assert_eq!(
+            reset.mode,
+            Mode::Monitor,
+            "set keeps the mode unless --mode"
+        );
+    }
+
+    #[test]
+    fn bad_input_gets_the_ranges_error_or_says_which_flag() {
+        let error = next(Verb::Set, &args("10.0.0.1/8"), "10.0.0.1/8", None).unwrap_err();
+        assert!(
+            error.to_string().contains("did you mean 10.0.0.0/8?"),
+            "{error}"
+        );
+        let missing = next(Verb::Remove, &args("10.0.0.0/8"), "10.0.0.0/8", None).unwrap_err();
+        assert!(
+            missing.to_string().contains("apifence fleet set"),
+            "{missing}"
+        );
+        let base = next(Verb::Set, &args("10.0.0.0/8"), "10.0.0.0/8", None).unwrap();
+        let absent = next(
+            Verb::Remove,
+            &args("10.1.0.0/16"),
+            "10.1.0.0/16",
+            Some(&base),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(absent.contains("10.1.0.0/16"), "{absent}");
+        let mut mode = args("10.0.0.1");
+        mode.mode = Some("monitor".into());
+        let error = next(Verb::Add, &mode, "10.0.0.1", Some(&base)).unwrap_err();
+        assert!(error.to_string().contains("go with fleet set"), "{error}");
+        let mut bad_mode = args("10.0.0.0/8");
+        bad_mode.mode = Some("audit".into());
+        let error = next(Verb::Set, &bad_mode, "10.0.0.0/8", None).unwrap_err();
+        assert!(error.to_string().contains("--mode enforce"), "{error}");
+        let mut past = args("10.0.0.0/8");
+        past.expires = Some("2000-01-01T00:00:00Z".into());
+        let error = next(Verb::Set, &past, "10.0.0.0/8", None).unwrap_err();
+        assert!(
+            error.to_string().contains("is not in the future"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_list_that_opens_or_closes_everything_is_warned_about() {
+        let disabled = next(Verb::Set, &args(""), "", None).unwrap();
+        assert!(warnings(&disabled)[0].contains("disables filtering on every host"));
+        let closed = next(Verb::Set, &args("0.0.0.0/32"), "0.0.0.0/32", None).unwrap();
+        assert!(warnings(&closed)[0].contains("drop every source"));
+        let fine = next(Verb::Set, &args("10.0.0.0/8"), "10.0.0.0/8", None).unwrap();
+        assert!(warnings(&fine).is_empty());
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
