@@ -47,6 +47,20 @@ fn fleet_set_wait_converges_on_every_host_ipv4_and_ipv6() {
         "every kernel enforces the same policy: {status}"
     );
     assert!(lab.fleet(&["status"]).status.success());
+
+    // On a host the document owns the list: local changes point to apifence fleet.
+    let host = &lab.hosts[0];
+    let refused = host.fails(&["ranges", "add", "203.0.113.7"]);
+    assert!(refused.contains("apifence fleet"), "{refused}");
+    let refused = host.fails(&["mode", "monitor"]);
+    assert!(refused.contains("apifence fleet"), "{refused}");
+    let status = host.ok(&["status"]);
+    assert!(
+        status.contains(&format!(
+            "source:          etcd ok, enforcing revision {second}"
+        )),
+        "{status}"
+    );
 }
 
 /// The daemon's own view of its source (`status --json` → `source`).
