@@ -1025,7 +1025,7 @@ impl Engine {
                 .collect(),
             reattachments: self.telemetry.reattachments(),
             missing_interfaces: self.missing.keys().cloned().collect(),
-            source: self.telemetry.source_health(),
+            source: self.telemetry.source_health().map(Box::new),
         }
     }
 }

@@ -366,7 +366,7 @@ pub struct StatusReply {
     pub missing_interfaces: Vec<String>,
     /// The external source's health (`ranges_from = "etcd"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<crate::daemon::external::SourceHealth>,
+    pub source: Option<Box<crate::daemon::external::SourceHealth>>,
 }
 
 /// One pinned XDP link.
