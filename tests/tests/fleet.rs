@@ -82,15 +82,27 @@ fn wait_health(lab: &FleetLab, healthy: bool, why: &str) {
 
 /// Waits (bounded) until `fleet status` shows every host in `state` at `revision`.
 fn wait_fleet(lab: &FleetLab, state: &str, revision: Option<i64>) -> serde_json::Value {
+    wait_fleet_error(lab, state, revision, "")
+}
+
+/// [`wait_fleet`], also until every host's error contains `error`.
+fn wait_fleet_error(
+    lab: &FleetLab,
+    state: &str,
+    revision: Option<i64>,
+    error: &str,
+) -> serde_json::Value {
     let mut last = serde_json::Value::Null;
     let done = wait_until(NOTICE_WAIT, || {
         let out = lab.fleet(&["status", "--json"]);
         last = serde_json::from_slice(&out.stdout).unwrap_or_default();
         let hosts = last["hosts"].as_array().cloned().unwrap_or_default();
         hosts.len() == lab.hosts.len()
-            && hosts
-                .iter()
-                .all(|h| h["state"] == state && revision.is_none_or(|r| h["applied_revision"] == r))
+            && hosts.iter().all(|h| {
+                h["state"] == state
+                    && revision.is_none_or(|r| h["applied_revision"] == r)
+                    && h["error"].as_str().unwrap_or_default().contains(error)
+            })
     });
     assert!(
         done,
@@ -180,7 +192,12 @@ fn an_invalid_document_is_rejected_by_every_host_and_shown_in_fleet_status() {
         .etcd
         .put("/apifence/default/current", b"{not json")
         .expect("put");
-    let status = wait_fleet(&lab, "failing", Some(good));
+    let status = wait_fleet_error(
+        &lab,
+        "failing",
+        Some(good),
+        &format!("revision {garbage} rejected"),
+    );
     for host in status["hosts"].as_array().expect("hosts") {
         let error = host["error"].as_str().unwrap_or_default();
         assert!(
@@ -212,7 +229,12 @@ fn an_invalid_document_is_rejected_by_every_host_and_shown_in_fleet_status() {
         .etcd
         .put("/apifence/default/current", pointer.as_bytes())
         .expect("put pointer");
-    let status = wait_fleet(&lab, "failing", Some(good));
+    let status = wait_fleet_error(
+        &lab,
+        "failing",
+        Some(good),
+        &format!("revision {invalid} rejected"),
+    );
     for host in status["hosts"].as_array().expect("hosts") {
         let error = host["error"].as_str().unwrap_or_default();
         assert!(
