@@ -366,15 +366,13 @@ fn a_100k_prefix_list_goes_through_chunks_and_converges() {
             2 * (i & 0x7fff)
         ));
     }
-    let file = std::path::Path::new(apifence_tests::bpffs::BASE_DIR)
-        .join(format!("fleet-100k-{}.txt", std::process::id()));
+    let file = lab.dir().join("100k.txt");
     std::fs::write(&file, &text).expect("list file");
     let out = lab.fleet_within(
         &["set", "--file", &file.display().to_string(), "--wait=240s"],
         &lab.etcd_flags(),
         std::time::Duration::from_secs(300),
     );
-    let _ = std::fs::remove_file(&file);
     assert!(
         out.status.success(),
         "{}\n{}",

@@ -145,14 +145,23 @@ impl Pki {
     }
 }
 
-/// See the module docs. Fields drop in order: hosts first, then etcd.
+/// Removes a directory when dropped (also when building the lab panics half-way).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// See the module docs. Fields drop in order: hosts first, then etcd, then the directory.
 pub struct FleetLab {
     pub hosts: Vec<DaemonLab>,
     pub etcd: EtcdCluster,
     pub pki: Option<Pki>,
-    dir: PathBuf,
     /// Extra top-level config keys for every host (capacity …).
     extra: String,
+    dir: RemoveOnDrop,
 }
 
 impl FleetLab {
@@ -163,13 +172,14 @@ impl FleetLab {
         let dir = Path::new(BASE_DIR).join(format!("fleet-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("fleet directory");
-        let pki = tls.then(|| Pki::generate(&dir.join("pki"), hosts));
+        let dir = RemoveOnDrop(dir);
+        let pki = tls.then(|| Pki::generate(&dir.0.join("pki"), hosts));
         let etcd_tls = pki.as_ref().map(|pki| EtcdTls {
             ca: pki.ca.clone(),
             cert: pki.server_cert.clone(),
             key: pki.server_key.clone(),
         });
-        let etcd = EtcdCluster::start(&dir.join("etcd"), 3, etcd_tls).expect("etcd cluster");
+        let etcd = EtcdCluster::start(&dir.0.join("etcd"), 3, etcd_tls).expect("etcd cluster");
         let labs: Vec<DaemonLab> = (0..hosts)
             .map(|i| {
                 let lab = DaemonLab::new();
@@ -196,9 +206,14 @@ impl FleetLab {
             hosts: labs,
             etcd,
             pki,
-            dir,
             extra: String::new(),
+            dir,
         }
+    }
+
+    /// The lab's directory (removed with the lab).
+    pub fn dir(&self) -> &Path {
+        &self.dir.0
     }
 
     /// Adds top-level keys to every host's config (before `[etcd]`).
@@ -391,6 +406,5 @@ impl Drop for FleetLab {
         // Hosts and etcd clean up after themselves; then the PKI and the directory.
         self.hosts.clear();
         self.etcd.kill_all();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
