@@ -10,6 +10,7 @@
 //! - [`tcp`]: a counting TCP server and a source-bound TCP connect probe;
 //! - [`stream`]: a numbered-chunk streaming client (loss checks across policy changes);
 //! - [`topology`]: an API server namespace and a client namespace, joined, with servers;
+//! - [`etcd`]: a real etcd cluster in its own namespace (members killed and restarted at will);
 //! - [`wait`]: bounded polling;
 //! - [`frame`]: Ethernet/VLAN/IPv4/IPv6/TCP/UDP frame builders.
 //!
@@ -18,6 +19,7 @@
 
 pub mod bpffs;
 pub mod cmd;
+pub mod etcd;
 pub mod frame;
 pub mod link;
 pub mod netns;

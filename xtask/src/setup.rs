@@ -62,7 +62,7 @@ pub struct AptPackage {
 }
 
 /// Every Debian package any task needs: the one table of what setup may install.
-pub const APT_PACKAGES: [AptPackage; 10] = [
+pub const APT_PACKAGES: [AptPackage; 13] = [
     AptPackage {
         package: "gcc",
         command: "cc",
@@ -124,7 +124,36 @@ pub const APT_PACKAGES: [AptPackage; 10] = [
         why: "gives cargo-deb the binary's library dependencies",
         tasks: &[Task::Test, Task::Package],
     },
+    AptPackage {
+        package: "protobuf-compiler",
+        command: "protoc",
+        why: "the etcd-client crate compiles etcd's protobufs when apifence is built",
+        tasks: &Task::ALL,
+    },
+    AptPackage {
+        package: "libprotobuf-dev",
+        // No command: the well-known types protoc imports (an absolute path counts when the
+        // file exists).
+        command: "/usr/include/google/protobuf/descriptor.proto",
+        why: "the protobuf well-known types etcd's protobufs import",
+        tasks: &Task::ALL,
+    },
+    AptPackage {
+        package: "etcd-server",
+        command: "etcd",
+        why: "the real etcd cluster of the fleet tests and the fleet benchmark",
+        tasks: &[Task::Test, Task::Bench],
+    },
 ];
+
+/// A command on `PATH`, or a file given by its absolute path.
+fn present(command: &str) -> Option<PathBuf> {
+    let path = Path::new(command);
+    if path.is_absolute() {
+        return path.exists().then(|| path.to_path_buf());
+    }
+    which(command)
+}
 
 /// The packages of [`APT_PACKAGES`] that any of `tasks` needs.
 pub fn packages_for(tasks: &[Task]) -> impl Iterator<Item = &'static AptPackage> + '_ {
@@ -288,7 +317,7 @@ fn llvm_prefix() -> Result<PathBuf> {
 /// Installs the packages `tasks` need whose commands are missing (see [`apt_install`]).
 fn apt_packages(tasks: &[Task]) -> Result<()> {
     let missing: Vec<&AptPackage> = packages_for(tasks)
-        .filter(|p| match which(p.command) {
+        .filter(|p| match present(p.command) {
             Some(_) => {
                 println!("setup: {} ({}) present", p.package, p.command);
                 false
@@ -353,7 +382,7 @@ pub fn apt_install(missing: &[&AptPackage], apt_args: &[String]) -> Result<()> {
         APT_TIMEOUT,
     )?;
     for p in missing {
-        if which(p.command).is_none() {
+        if present(p.command).is_none() {
             bail!(
                 "{} installed but `{}` is still not found",
                 p.package,
@@ -518,9 +547,22 @@ Conf systemd-timesyncd (252.39-1~deb12u2 Debian:12.15/oldstable [amd64])
             assert!(!p.tasks.is_empty(), "{} is needed by no task", p.package);
         }
         let build: Vec<&str> = packages_for(&[Task::Build]).map(|p| p.package).collect();
-        assert_eq!(build, ["gcc"]);
+        // The etcd-client crate needs protoc and the well-known types to build.
+        assert_eq!(build, ["gcc", "protobuf-compiler", "libprotobuf-dev"]);
         let test: Vec<&str> = packages_for(&[Task::Test]).map(|p| p.package).collect();
-        assert_eq!(test, ["gcc", "iproute2", "bpftool", "lintian", "dpkg-dev"]);
+        assert_eq!(
+            test,
+            [
+                "gcc",
+                "iproute2",
+                "bpftool",
+                "lintian",
+                "dpkg-dev",
+                "protobuf-compiler",
+                "libprotobuf-dev",
+                "etcd-server"
+            ]
+        );
         assert_eq!(packages_for(&Task::ALL).count(), APT_PACKAGES.len());
     }
 

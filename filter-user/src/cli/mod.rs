@@ -19,6 +19,8 @@ mod check_config;
 mod daemon;
 mod denied;
 mod detach;
+mod fleet;
+mod fleet_change;
 mod mode;
 pub mod output;
 mod ranges;
@@ -89,6 +91,9 @@ pub enum Command {
     /// Sources the filter denied recently (from the daemon's deny log), most packets first.
     #[command(after_help = denied::HELP)]
     Denied(denied::DeniedArgs),
+    /// The cluster's list in etcd, which every host's daemon follows (ranges_from = "etcd").
+    #[command(after_help = fleet::HELP)]
+    Fleet(Box<fleet::FleetArgs>),
 }
 
 /// What every command may need from the global flags.
@@ -120,6 +125,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status(args) => status::run(&context, &args),
         Command::Reload => reload::run(&context),
         Command::Denied(args) => denied::run(&context, &args),
+        Command::Fleet(args) => fleet::run(*args),
     }
 }
 

@@ -70,20 +70,26 @@ pub struct ListArgs {
 
 impl ListArgs {
     fn text(&self) -> Result<String> {
-        match (&self.list, &self.file) {
-            (Some(list), _) => Ok(list.clone()),
-            (None, Some(path)) => {
-                let text = if path.as_os_str() == "-" {
-                    bounded_read::read_text(std::io::stdin(), bounded_read::MAX_LIST_BYTES)
-                        .context("reading the list from stdin")?
-                } else {
-                    bounded_read::read_file(path, bounded_read::MAX_LIST_BYTES)
-                        .with_context(|| format!("reading the list from {}", path.display()))?
-                };
-                Ok(strip_comments(&text))
-            }
-            (None, None) => bail!("give a LIST or --file PATH"),
+        list_text(self.list.as_deref(), self.file.as_deref())
+    }
+}
+
+/// The list given inline, or read (bounded) from `file` ("-" = stdin) without its `#`
+/// comments (`ranges` and `fleet` take lists the same way).
+pub(super) fn list_text(list: Option<&str>, file: Option<&std::path::Path>) -> Result<String> {
+    match (list, file) {
+        (Some(list), _) => Ok(list.to_string()),
+        (None, Some(path)) => {
+            let text = if path.as_os_str() == "-" {
+                bounded_read::read_text(std::io::stdin(), bounded_read::MAX_LIST_BYTES)
+                    .context("reading the list from stdin")?
+            } else {
+                bounded_read::read_file(path, bounded_read::MAX_LIST_BYTES)
+                    .with_context(|| format!("reading the list from {}", path.display()))?
+            };
+            Ok(strip_comments(&text))
         }
+        (None, None) => bail!("give a LIST or --file PATH"),
     }
 }
 

@@ -257,6 +257,15 @@ pub fn print_status(status: &StatusReply, json: bool) -> Result<()> {
             apply.compiled.v6
         );
     }
+    if let Some(source) = &status.source {
+        let revision = source
+            .applied_revision
+            .map_or("none".to_string(), |r| format!("revision {r}"));
+        match &source.error {
+            None => crate::outln!("source:          {} ok, enforcing {revision}", source.name),
+            Some(error) => crate::outln!("source:          {} FAILING: {error}", source.name),
+        }
+    }
     match status.program_id {
         Some(id) => crate::outln!("program:         id {id} ({})", status.bpffs.display()),
         None => crate::outln!(

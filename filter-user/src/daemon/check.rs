@@ -279,6 +279,10 @@ impl CheckReport {
             RangesFrom::State => {
                 "state (the daemon's state file owns the list; this file only seeds it)"
             }
+            RangesFrom::Etcd => {
+                "etcd (the fleet's document owns the list, always_allow and mode; this file's \
+                 are used only until a first document arrives)"
+            }
         };
         let _ = writeln!(out, "ranges_from:     {owner}");
         let filtering = match self.filtering {

@@ -8,7 +8,7 @@
 //! ports = [443, 6443]
 //! xdp_mode = "auto"                 # auto | native | skb
 //! mode = "enforce"                  # enforce | monitor
-//! ranges_from = "config"            # config | state
+//! ranges_from = "config"            # config | state | etcd ([etcd], see config_etcd)
 //! authorized_ranges = ["73.140.245.0/24", "2001:db8::/32", "AzureDevOps",
 //!                      { range = "203.0.113.0/24", note = "on-call VPN", expires = "2026-12-01T00:00:00Z" }]
 //! always_allow = ["198.51.100.7"]
@@ -35,6 +35,7 @@ use toml::Value;
 
 use crate::{
     daemon::bounded_read,
+    daemon::config_etcd::{EtcdConfig, EtcdConfigError, parse_etcd},
     daemon::desired::{Authorized, RangeEntry, parse_single},
     kernel::names::{NameError, check_interface},
     kernel::paths::{DEFAULT_BPFFS_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR},
@@ -57,7 +58,7 @@ pub const MAX_CAPACITY: u32 = 1 << 24;
 pub const MAX_SOCKET_PATH: usize = 107;
 
 /// Every key of the file, each with an example line used in error messages.
-pub const KEYS: [(&str, &str); 15] = [
+pub const KEYS: [(&str, &str); 16] = [
     ("interfaces", r#"interfaces = ["eth0"]"#),
     ("ports", "ports = [443, 6443]"),
     ("xdp_mode", r#"xdp_mode = "auto""#),
@@ -79,6 +80,7 @@ pub const KEYS: [(&str, &str); 15] = [
     ("socket", r#"socket = "/run/apifence/apifence.sock""#),
     ("metrics", r#"metrics = "127.0.0.1:9640""#),
     ("metrics_ranges", "metrics_ranges = 10"),
+    ("etcd", r#"[etcd] endpoints = ["https://10.0.0.1:2379"]"#),
 ];
 
 /// Keys of an entry table in `authorized_ranges`.
@@ -129,6 +131,8 @@ pub struct RawConfig {
     pub metrics: Option<Value>,
     /// `metrics_ranges`.
     pub metrics_ranges: Option<Value>,
+    /// The `[etcd]` table.
+    pub etcd: Option<Value>,
 }
 
 /// Who owns the authorized list.
@@ -140,6 +144,9 @@ pub enum RangesFrom {
     Config,
     /// The daemon's state file: the CLI changes it; `authorized_ranges` only seeds it.
     State,
+    /// The fleet's document in etcd (`[etcd]`); the last applied one is kept in the state
+    /// file, and `authorized_ranges` is only used until a first document arrives.
+    Etcd,
 }
 
 impl RangesFrom {
@@ -148,6 +155,7 @@ impl RangesFrom {
         match self {
             Self::Config => "config",
             Self::State => "state",
+            Self::Etcd => "etcd",
         }
     }
 }
@@ -188,6 +196,8 @@ pub struct Config {
     /// Per-range hit series on the endpoint: the ranges with the most hits, the rest summed
     /// as `range="other"`; 0 shows none. Default: [`DEFAULT_METRICS_RANGES`].
     pub metrics_ranges: usize,
+    /// The `[etcd]` table (required with `ranges_from = "etcd"`). Default: none.
+    pub etcd: Option<EtcdConfig>,
 }
 
 impl Default for Config {
@@ -208,6 +218,7 @@ impl Default for Config {
             socket: PathBuf::from(DEFAULT_SOCKET),
             metrics: DEFAULT_METRICS.parse().ok(),
             metrics_ranges: DEFAULT_METRICS_RANGES,
+            etcd: None,
         }
     }
 }
@@ -394,6 +405,15 @@ pub enum ConfigError {
          or metrics = \"\" to turn the endpoint off"
     )]
     BadMetrics(String),
+    /// The `[etcd]` table.
+    #[error(transparent)]
+    Etcd(#[from] EtcdConfigError),
+    /// `ranges_from = "etcd"` without `[etcd]`.
+    #[error(
+        "ranges_from = \"etcd\" needs an [etcd] table naming the etcd endpoints; for example: \
+         [etcd] endpoints = [\"https://10.0.0.1:2379\"]"
+    )]
+    EtcdMissing,
 }
 
 fn key_list() -> String {
@@ -518,10 +538,7 @@ pub fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
         };
     }
     if let Some(value) = raw.ranges_from {
-        config.ranges_from = match choice("ranges_from", value, r#""config", "state""#)?.as_str() {
-            "config" => RangesFrom::Config,
-            _ => RangesFrom::State,
-        };
+        config.ranges_from = ranges_from(value)?;
     }
     if let Some(value) = raw.authorized_ranges {
         config.authorized_ranges = authorized_ranges(value)?;
@@ -592,7 +609,27 @@ pub fn validate(raw: RawConfig, dir: &Path) -> Result<Config, ConfigError> {
             ),
         };
     }
+    validate_etcd(&mut config, raw.etcd, dir)?;
     Ok(config)
+}
+
+fn ranges_from(value: Value) -> Result<RangesFrom, ConfigError> {
+    Ok(
+        match choice("ranges_from", value, r#""config", "state", "etcd""#)?.as_str() {
+            "config" => RangesFrom::Config,
+            "state" => RangesFrom::State,
+            _ => RangesFrom::Etcd,
+        },
+    )
+}
+
+/// The `[etcd]` table (see [`crate::daemon::config_etcd`]), required by `ranges_from = "etcd"`.
+fn validate_etcd(config: &mut Config, etcd: Option<Value>, dir: &Path) -> Result<(), ConfigError> {
+    config.etcd = etcd.map(|value| parse_etcd(value, dir)).transpose()?;
+    if config.ranges_from == RangesFrom::Etcd && config.etcd.is_none() {
+        return Err(ConfigError::EtcdMissing);
+    }
+    Ok(())
 }
 
 impl Config {
@@ -632,6 +669,30 @@ impl Config {
                 "metrics listens on {addr}, which is not a loopback address: anyone who can \
                  reach it can read the counters"
             ));
+        }
+        warnings.extend(self.etcd_warnings());
+        warnings
+    }
+
+    /// Warnings about `ranges_from = "etcd"`.
+    fn etcd_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.ranges_from != RangesFrom::Etcd && self.etcd.is_some() {
+            warnings.push(format!(
+                "[etcd] is set but ranges_from = \"{}\": the daemon does not follow the fleet's \
+                 document (only apifence fleet uses [etcd]); write ranges_from = \"etcd\" to follow it",
+                self.ranges_from.as_str()
+            ));
+        }
+        if let Some(etcd) = &self.etcd
+            && self.ranges_from == RangesFrom::Etcd
+            && etcd.tls.is_none()
+        {
+            warnings.push(
+                "etcd.endpoints use http://: the list and the hosts' status travel in clear text \
+                 and anyone who reaches etcd can change the list; use https:// with ca, cert and key"
+                    .to_string(),
+            );
         }
         warnings
     }
@@ -1068,11 +1129,11 @@ metrics_ranges = 10               # per-range hit series (top by hits, rest as "
             ),
             (
                 "intefaces = [\"eth0\"]",
-                "unknown key \"intefaces\"; did you mean \"interfaces\"?; the keys are interfaces, ports, xdp_mode, mode, ranges_from, authorized_ranges, always_allow, service_tags_file, capacity, lookup, bpffs, state_dir, socket, metrics, metrics_ranges",
+                "unknown key \"intefaces\"; did you mean \"interfaces\"?; the keys are interfaces, ports, xdp_mode, mode, ranges_from, authorized_ranges, always_allow, service_tags_file, capacity, lookup, bpffs, state_dir, socket, metrics, metrics_ranges, etcd",
             ),
             (
                 "color = 1",
-                "unknown key \"color\"; the keys are interfaces, ports, xdp_mode, mode, ranges_from, authorized_ranges, always_allow, service_tags_file, capacity, lookup, bpffs, state_dir, socket, metrics, metrics_ranges",
+                "unknown key \"color\"; the keys are interfaces, ports, xdp_mode, mode, ranges_from, authorized_ranges, always_allow, service_tags_file, capacity, lookup, bpffs, state_dir, socket, metrics, metrics_ranges, etcd",
             ),
             (
                 "interfaces = \"eth0\"",
@@ -1136,7 +1197,7 @@ metrics_ranges = 10               # per-range hit series (top by hits, rest as "
             ),
             (
                 "ranges_from = \"cli\"",
-                "ranges_from = \"cli\" is not one of \"config\", \"state\"; for example: ranges_from = \"config\"",
+                "ranges_from = \"cli\" is not one of \"config\", \"state\", \"etcd\"; for example: ranges_from = \"config\"",
             ),
             (
                 "authorized_ranges = \"10.0.0.0/8\"",
@@ -1277,6 +1338,45 @@ ranges_from = "state""#)
             .warnings()
             .iter()
             .any(|w| w.contains("only seeds the state file"))
+        );
+    }
+
+    #[test]
+    fn ranges_from_etcd_needs_the_etcd_table() {
+        let config = ok(r#"ranges_from = "etcd"
+[etcd]
+endpoints = ["https://10.0.0.1:2379"]
+host = "cp-1"
+ca = "pki/ca.crt""#);
+        assert_eq!(config.ranges_from, RangesFrom::Etcd);
+        let etcd = config.etcd.as_ref().unwrap();
+        assert_eq!(etcd.host, "cp-1");
+        assert_eq!(
+            etcd.tls.as_ref().unwrap().ca,
+            Path::new("/etc/apifence/pki/ca.crt")
+        );
+        assert!(
+            !config.warnings().iter().any(|w| w.contains("etcd")),
+            "{:?}",
+            config.warnings()
+        );
+        assert_eq!(
+            err(r#"ranges_from = "etcd""#),
+            "ranges_from = \"etcd\" needs an [etcd] table naming the etcd endpoints; for \
+             example: [etcd] endpoints = [\"https://10.0.0.1:2379\"]"
+        );
+        assert!(
+            err("[etcd]\nendpoints = [\"10.0.0.1\"]").starts_with("etcd.endpoints entry 1"),
+            "an [etcd] table is validated even without ranges_from = \"etcd\""
+        );
+        let plain = ok("ranges_from = \"etcd\"\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]");
+        assert!(plain.warnings().iter().any(|w| w.contains("clear text")));
+        let unused = ok("[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]");
+        assert!(
+            unused
+                .warnings()
+                .iter()
+                .any(|w| w.contains("[etcd] is set but ranges_from"))
         );
     }
 

@@ -278,8 +278,14 @@ impl Authorized {
             return self.clone();
         }
         let mut entries = self.entries().to_vec();
+        let mut index: std::collections::HashMap<TargetKey, usize> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (target_key(&e.entry), i))
+            .collect();
         for new in more {
-            match entries.iter_mut().find(|e| e.same_target(&new.entry)) {
+            let key = target_key(&new.entry);
+            match index.get(&key).map(|&i| &mut entries[i]) {
                 Some(existing) => {
                     if new.note.is_some() {
                         existing.note.clone_from(&new.note);
@@ -288,7 +294,10 @@ impl Authorized {
                         existing.expires = new.expires;
                     }
                 }
-                None => entries.push(new.clone()),
+                None => {
+                    index.insert(key, entries.len());
+                    entries.push(new.clone());
+                }
             }
         }
         Authorized::Entries(entries)
@@ -305,8 +314,11 @@ impl Authorized {
             }
             Authorized::Entries(entries) => entries,
         };
+        let present: std::collections::HashSet<TargetKey> =
+            entries.iter().map(|e| target_key(&e.entry)).collect();
+        let gone_keys: std::collections::HashSet<TargetKey> = gone.iter().map(target_key).collect();
         for target in gone {
-            if !entries.iter().any(|e| e.same_target(target)) {
+            if !present.contains(&target_key(target)) {
                 return Err(match target {
                     Entry::Prefix(net) => RangeError::NotInList { entry: *net }.into(),
                     Entry::Name(name) => ChangeError::NameNotInList(name.clone()),
@@ -315,7 +327,7 @@ impl Authorized {
         }
         let left: Vec<RangeEntry> = entries
             .iter()
-            .filter(|e| !gone.iter().any(|g| e.same_target(g)))
+            .filter(|e| !gone_keys.contains(&target_key(&e.entry)))
             .cloned()
             .collect();
         if left.is_empty() {
@@ -353,13 +365,26 @@ pub fn parse_entries(text: &str) -> Result<Vec<Entry>, RangeError> {
 
 /// `entries` without repeats, keeping the first.
 fn dedup(entries: impl IntoIterator<Item = RangeEntry>) -> Vec<RangeEntry> {
-    let mut kept: Vec<RangeEntry> = Vec::new();
-    for entry in entries {
-        if !kept.iter().any(|k| k.same_target(&entry.entry)) {
-            kept.push(entry);
-        }
+    let mut seen = std::collections::HashSet::new();
+    entries
+        .into_iter()
+        .filter(|entry| seen.insert(target_key(&entry.entry)))
+        .collect()
+}
+
+/// What [`same_entry`] compares, as a hashable key (names in ASCII lower case), so lists of
+/// a million entries are compared in linear time.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum TargetKey {
+    Prefix(IpNet),
+    Name(String),
+}
+
+fn target_key(entry: &Entry) -> TargetKey {
+    match entry {
+        Entry::Prefix(net) => TargetKey::Prefix(*net),
+        Entry::Name(name) => TargetKey::Name(name.to_ascii_lowercase()),
     }
-    kept
 }
 
 /// Everything the daemon wants the filter to enforce, before names are resolved.

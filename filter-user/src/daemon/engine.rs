@@ -25,6 +25,7 @@ use crate::{
         desired::{
             Authorized, Desired, Diff, RangeEntry, Resolved, TagSource, parse_entries, resolve,
         },
+        external::ExternalDesired,
         hooks::{Features, Origin, Plan},
         protocol::{
             ChangeFlags, ChangeReply, EntryMeta, ErrorKind, ErrorReply, LinkStatus, ModeChange,
@@ -67,6 +68,15 @@ pub enum Command {
     Tick,
     /// The kernel reported a link change (an interface created, deleted or changed).
     LinksChanged,
+    /// A desired state from an external source (see [`crate::daemon::external`]).
+    External {
+        /// The new desired state.
+        desired: Box<ExternalDesired>,
+        /// Only validate and review.
+        dry_run: bool,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<ChangeReply, ErrorReply>>,
+    },
 }
 
 /// The owner of the desired state.
@@ -112,10 +122,29 @@ pub struct EngineSetup {
 
 /// Composes the desired state from the config and the state file, updating the state file's
 /// contents: with `ranges_from = "state"` an empty state is seeded from the config; a mode
-/// override is dropped once the config's `mode` changed since it was set.
+/// override is dropped once the config's `mode` changed since it was set. With
+/// `ranges_from = "etcd"` the last external desired state applied wins (until a first one
+/// arrives, the config's keys are used).
 pub fn compose(config: &Config, state: &mut StateFile) -> Desired {
+    if config.ranges_from == RangesFrom::Etcd {
+        state.mode = None;
+        return match &state.external {
+            Some(external) => Desired {
+                authorized: external.authorized.clone(),
+                always_allow: external.always_allow.clone(),
+                ports: config.ports.clone(),
+                mode: external.mode,
+            },
+            None => Desired {
+                authorized: config.authorized_ranges.clone(),
+                always_allow: config.always_allow.clone(),
+                ports: config.ports.clone(),
+                mode: config.mode,
+            },
+        };
+    }
     let authorized = match config.ranges_from {
-        RangesFrom::Config => config.authorized_ranges.clone(),
+        RangesFrom::Config | RangesFrom::Etcd => config.authorized_ranges.clone(),
         RangesFrom::State => state
             .authorized
             .get_or_insert_with(|| config.authorized_ranges.clone())
@@ -467,7 +496,52 @@ impl Engine {
                 }
                 self.bypass_log.check(&self.layout);
             }
+            Command::External {
+                desired,
+                dry_run,
+                reply,
+            } => {
+                let _ = reply.send(self.external(*desired, dry_run));
+            }
         }
+    }
+
+    /// The last external desired state applied (persisted in the state file).
+    pub fn applied_external(&self) -> Option<ExternalDesired> {
+        self.state.external.clone()
+    }
+
+    /// Takes a desired state from the external source through the one change path.
+    fn external(
+        &mut self,
+        external: ExternalDesired,
+        dry_run: bool,
+    ) -> Result<ChangeReply, ErrorReply> {
+        if self.config().ranges_from != RangesFrom::Etcd {
+            return Err(ErrorReply::new(
+                ErrorKind::ConfigOwned,
+                format!(
+                    "this daemon takes its list from {} (ranges_from = \"{}\"), not from etcd",
+                    self.config_path.display(),
+                    self.config().ranges_from.as_str()
+                ),
+            ));
+        }
+        let desired = Desired {
+            authorized: external.authorized.clone(),
+            always_allow: external.always_allow.clone(),
+            ports: self.config().ports.clone(),
+            mode: external.mode,
+        };
+        let mut state = self.state.clone();
+        state.external = Some(external);
+        let flags = ChangeFlags {
+            dry_run,
+            ..ChangeFlags::default()
+        };
+        let tags = self.tags.clone();
+        self.change(desired, state, Origin::External, flags, tags)
+            .map_err(|Refused(e)| e)
     }
 
     /// The periodic tick: features first (expiry), then interface retries.
@@ -570,7 +644,24 @@ impl Engine {
         }
     }
 
+    /// The refusal of a CLI change when etcd owns the desired state.
+    fn etcd_owned(&self) -> Result<(), ErrorReply> {
+        if self.config().ranges_from == RangesFrom::Etcd {
+            return Err(ErrorReply::new(
+                ErrorKind::ConfigOwned,
+                format!(
+                    "the authorized ranges and the mode are owned by the fleet's document in etcd \
+                     (ranges_from = \"etcd\" in {}); change them for every host with apifence \
+                     fleet set/add/remove (apifence fleet show shows them)",
+                    self.config_path.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn ranges(&mut self, origin: Origin, change: RangesChange) -> Result<Reply, ErrorReply> {
+        self.etcd_owned()?;
         if self.config().ranges_from == RangesFrom::Config {
             return Err(ErrorReply::new(
                 ErrorKind::ConfigOwned,
@@ -632,6 +723,7 @@ impl Engine {
     }
 
     fn mode(&mut self, change: ModeChange) -> Result<Reply, ErrorReply> {
+        self.etcd_owned()?;
         let mut desired = self.desired.clone();
         desired.mode = change.mode;
         let mut state = self.state.clone();
@@ -933,6 +1025,7 @@ impl Engine {
                 .collect(),
             reattachments: self.telemetry.reattachments(),
             missing_interfaces: self.missing.keys().cloned().collect(),
+            source: self.telemetry.source_health().map(Box::new),
         }
     }
 }
@@ -969,6 +1062,46 @@ authorized_ranges = ["10.0.0.0/8"]"#,
         let desired = compose(&from_state, &mut empty);
         assert_eq!(desired.authorized, Authorized::parse("10.0.0.0/8").unwrap());
         assert_eq!(empty.authorized, Some(desired.authorized));
+    }
+
+    #[test]
+    fn with_etcd_the_last_external_state_wins_over_the_config() {
+        let etcd = config(
+            r#"ranges_from = "etcd"
+authorized_ranges = ["10.0.0.0/8"]
+[etcd]
+endpoints = ["http://127.0.0.1:2379"]
+host = "h""#,
+        );
+        let mut state = StateFile {
+            mode: Some(ModeOverride {
+                mode: Mode::Monitor,
+                config_mode: Mode::Enforce,
+            }),
+            ..StateFile::default()
+        };
+        let desired = compose(&etcd, &mut state);
+        assert_eq!(desired.authorized, Authorized::parse("10.0.0.0/8").unwrap());
+        assert_eq!(
+            desired.mode,
+            Mode::Enforce,
+            "no CLI mode override with etcd"
+        );
+        assert_eq!(state.mode, None);
+        state.external = Some(ExternalDesired {
+            authorized: Authorized::parse("192.168.0.0/16").unwrap(),
+            always_allow: vec!["198.51.100.7/32".parse().unwrap()],
+            mode: Mode::Monitor,
+            source: serde_json::json!({"revision": 7}),
+        });
+        let desired = compose(&etcd, &mut state);
+        assert_eq!(
+            desired.authorized,
+            Authorized::parse("192.168.0.0/16").unwrap()
+        );
+        assert_eq!(desired.always_allow.len(), 1);
+        assert_eq!(desired.mode, Mode::Monitor);
+        assert_eq!(desired.ports, etcd.ports, "ports stay the host's own");
     }
 
     #[test]

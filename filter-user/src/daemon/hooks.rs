@@ -17,6 +17,7 @@ use crate::{
     daemon::{
         config::Config,
         desired::{Desired, Diff, Resolved, TagSource},
+        external::{ExternalDesired, ExternalSink},
         protocol::ChangeFlags,
         telemetry::Telemetry,
     },
@@ -41,6 +42,8 @@ pub enum Origin {
     Reload,
     /// The periodic tick (expiry).
     Tick,
+    /// A desired state from an external source (the fleet's document in etcd).
+    External,
 }
 
 /// A change about to be persisted and applied.
@@ -82,6 +85,10 @@ pub struct TaskContext {
     pub telemetry: Arc<Telemetry>,
     /// Becomes `true` when the daemon shuts down; tasks then finish promptly.
     pub shutdown: watch::Receiver<bool>,
+    /// Where an external source hands the engine a new desired state.
+    pub external: ExternalSink,
+    /// The external desired state applied last (from the state file), if any.
+    pub applied_external: Option<ExternalDesired>,
 }
 
 /// The hooks the engine calls. Every method has a do-nothing default.

@@ -19,9 +19,11 @@ pub mod bounded_read;
 pub mod bypass_log;
 pub mod check;
 pub mod config;
+pub mod config_etcd;
 pub mod denied;
 pub mod desired;
 pub mod engine;
+pub mod external;
 pub mod hooks;
 pub mod link_events;
 pub mod protocol;
@@ -321,6 +323,8 @@ async fn serve(
         layout: PinLayout::new(&config.bpffs),
         telemetry: telemetry.clone(),
         shutdown: stop_rx.clone(),
+        external: external::ExternalSink::new(commands_tx.clone()),
+        applied_external: None,
     };
     let setup = EngineSetup {
         config_path: options.config.clone(),
@@ -462,6 +466,7 @@ fn engine_thread(
         let _entered = runtime.enter();
         let context = TaskContext {
             config: engine.current_config().clone(),
+            applied_external: engine.applied_external(),
             ..context
         };
         engine.spawn_tasks(&context)

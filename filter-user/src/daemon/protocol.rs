@@ -364,6 +364,9 @@ pub struct StatusReply {
     pub reattachments: u64,
     /// Interfaces of the config that could not be attached yet (retried).
     pub missing_interfaces: Vec<String>,
+    /// The external source's health (`ranges_from = "etcd"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Box<crate::daemon::external::SourceHealth>>,
 }
 
 /// One pinned XDP link.

@@ -9,6 +9,10 @@
 //!                                           "expires":"2026-12-01T00:00:00Z"}]},
 //!  "mode":{"mode":"monitor","config_mode":"enforce"}}
 //! ```
+//!
+//! With `ranges_from = "etcd"` it also holds `"external"`: the last document applied (list,
+//! always-allow, mode) with its source's bookmark (`{"revision":…,"digest":"sha256:…"}`), so a
+//! start without etcd enforces it. Nothing secret is in it.
 
 use std::{
     fs::File,
@@ -21,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     daemon::{
         desired::Authorized,
+        external::ExternalDesired,
         secure_dir::{self, SecureDirError},
     },
     kernel::paths::StateLayout,
@@ -43,6 +48,10 @@ pub struct StateFile {
     /// The last `apifence mode`, valid while the config's `mode` is still what it was then.
     #[serde(default)]
     pub mode: Option<ModeOverride>,
+    /// The last external desired state applied (`ranges_from = "etcd"`): enforced at start
+    /// until the source answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalDesired>,
 }
 
 impl Default for StateFile {
@@ -51,6 +60,7 @@ impl Default for StateFile {
             version: STATE_VERSION,
             authorized: None,
             mode: None,
+            external: None,
         }
     }
 }

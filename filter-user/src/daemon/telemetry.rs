@@ -12,7 +12,7 @@ use std::{
 use time::OffsetDateTime;
 
 use crate::{
-    daemon::protocol::ApplyInfo,
+    daemon::{external::SourceHealth, protocol::ApplyInfo},
     policy::{compile::FamilyCounts, timestamp::rfc3339},
 };
 
@@ -31,6 +31,7 @@ struct Last {
     reload_error: Option<String>,
     apply: Option<ApplyInfo>,
     compiled: FamilyCounts,
+    source: Option<SourceHealth>,
 }
 
 impl Default for Telemetry {
@@ -50,6 +51,16 @@ impl Telemetry {
         self.last
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The external source's health, once its task reported.
+    pub fn source_health(&self) -> Option<SourceHealth> {
+        self.last().source.clone()
+    }
+
+    /// Records the external source's health (its task calls this on every change).
+    pub fn set_source_health(&self, health: SourceHealth) {
+        self.last().source = Some(health);
     }
 
     /// When the daemon started.

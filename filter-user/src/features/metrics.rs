@@ -22,7 +22,11 @@
 //!   interface of that name now, 0 while it is stale;
 //! - `apifence_unfiltered_interfaces`: up interfaces that could deliver traffic to the
 //!   protected ports without passing the filter (`apifence check` names them; left out when
-//!   the interfaces cannot be read).
+//!   the interfaces cannot be read);
+//! - with `ranges_from = "etcd"`: `apifence_source_applied_revision`, `apifence_source_healthy`
+//!   (0 while etcd is unreachable or the last document was rejected) and
+//!   `apifence_source_seconds_since_event` (since etcd last answered: a read, a watch event or
+//!   a keep-alive of the host's report, every 2 s while connected).
 
 use std::{
     future::Future,
@@ -76,6 +80,19 @@ pub struct DaemonGauges {
     pub deny_log_evicted: u64,
     /// Distinct (source, port, interface) keys in the deny log now.
     pub deny_log_sources: u64,
+    /// The external source (`ranges_from = "etcd"`), when there is one.
+    pub source: Option<SourceGauges>,
+}
+
+/// The external source's numbers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SourceGauges {
+    /// Revision of the document enforced.
+    pub applied_revision: Option<u64>,
+    /// Connected, and the last document was applied.
+    pub healthy: bool,
+    /// Seconds since the last successful read or watch event.
+    pub since_event: Option<f64>,
 }
 
 /// Label set of one series: `(name, value)` pairs.
@@ -223,6 +240,31 @@ pub fn render(stats: Option<&Stats>, daemon: &DaemonGauges, range_limit: usize) 
             "Wall time of the last policy apply",
             &[(Vec::new(), took.as_secs_f64())],
         );
+    }
+    if let Some(source) = &daemon.source {
+        let mut samples = vec![(
+            "apifence_source_healthy",
+            "1 while the external source (etcd) answers and its last document was applied; 0 \
+             means the last good state stays enforced",
+            if source.healthy { 1.0 } else { 0.0 },
+        )];
+        if let Some(revision) = source.applied_revision {
+            samples.push((
+                "apifence_source_applied_revision",
+                "Revision of the external source's document enforced",
+                revision as f64,
+            ));
+        }
+        if let Some(seconds) = source.since_event {
+            samples.push((
+                "apifence_source_seconds_since_event",
+                "Seconds since the external source last answered (read, watch event or keep-alive)",
+                seconds,
+            ));
+        }
+        for (name, help, value) in samples {
+            gauges(&mut registry, name, help, &[(Vec::new(), value)]);
+        }
     }
     for (name, help, value) in [
         (
@@ -511,6 +553,11 @@ mod tests {
             expired_entries_removed: 5,
             deny_log_evicted: 6,
             deny_log_sources: 9,
+            source: Some(SourceGauges {
+                applied_revision: Some(42),
+                healthy: false,
+                since_event: Some(2.5),
+            }),
         }
     }
 
@@ -536,6 +583,9 @@ mod tests {
             "apifence_unfiltered_interfaces 3.0",
             "apifence_interface_attached{interface=\"eth0\"} 1.0",
             "apifence_interface_attached{interface=\"eth1\"} 0.0",
+            "apifence_source_healthy 0.0",
+            "apifence_source_applied_revision 42.0",
+            "apifence_source_seconds_since_event 2.5",
             "apifence_expired_entries_removed_total 5",
             "apifence_deny_log_evicted_total 6",
             "apifence_deny_log_sources 9.0",

@@ -5,6 +5,7 @@
 //! [`standard`], which plugs them into the daemon through [`crate::daemon::hooks`].
 pub mod deny_log;
 pub mod expiry;
+pub mod fleet;
 pub mod impact;
 pub mod lockout;
 pub mod metrics;

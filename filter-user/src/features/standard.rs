@@ -13,7 +13,8 @@
 //!   one that would cut an established connection to a protected port is refused unless
 //!   `--force`. Reloads and expiry are not refused (the config file and the expiry time are the
 //!   operator's explicit instructions); their impact is still computed for dry runs.
-//! - The deny-log reader and the metrics endpoint run as tasks until the daemon stops.
+//! - The deny-log reader and the metrics endpoint run as tasks until the daemon stops, and with
+//!   `ranges_from = "etcd"` the fleet follower ([`crate::features::fleet::follow`]).
 
 use std::{
     collections::BTreeSet,
@@ -40,9 +41,10 @@ use crate::{
     },
     features::deny_log::{DenyLog, DenyReader},
     features::expiry::{self, Expiring},
+    features::fleet,
     features::impact,
     features::lockout::{self, GuardOptions, LockoutError},
-    features::metrics::{self, DaemonGauges, Renderer, ServerOptions},
+    features::metrics::{self, DaemonGauges, Renderer, ServerOptions, SourceGauges},
     features::service_tags::ServiceTags,
     kernel::attach,
     kernel::interfaces,
@@ -280,6 +282,8 @@ impl Features for StandardFeatures {
                 Err(e) => error!(error = %ErrorChain(&e), "the metrics endpoint is off"),
             }
         }
+        // ranges_from = "etcd": follow the fleet's document.
+        tasks.extend(fleet::follow::spawn(context));
         tasks
     }
 
@@ -328,6 +332,16 @@ fn renderer(
             expired_entries_removed: shared.expired_removed.load(Ordering::Relaxed),
             deny_log_evicted: evicted,
             deny_log_sources: sources,
+            source: telemetry.source_health().map(|health| SourceGauges {
+                applied_revision: health.applied_revision,
+                healthy: health.healthy,
+                since_event: health.last_event_unix.map(|at| {
+                    let now = SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64());
+                    (now - at).max(0.0)
+                }),
+            }),
         };
         metrics::render(stats.as_ref(), &gauges, range_series)
     })

@@ -12,7 +12,7 @@ use super::machine::Machine;
 use super::object::BenchObject;
 use super::plan::Plan;
 use super::report::{NotMeasured, Results, SCHEMA};
-use super::{BenchArgs, Section, control, e2e, kernel, markdown, memory, plot, tools};
+use super::{BenchArgs, Section, control, e2e, fleet, kernel, markdown, memory, plot, tools};
 use crate::process::{is_root, workspace_root};
 
 /// A scratch directory for list files, removed on drop.
@@ -70,6 +70,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     if args.runs(Section::Control) {
         needed.extend(["nft", "ipset"]);
+    }
+    if args.runs(Section::Fleet) {
+        needed.push("etcd");
     }
     for tool in needed {
         tools::require(tool)?;
@@ -132,6 +135,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     }
 
+    let fleet_results = if args.runs(Section::Fleet) {
+        Some(fleet::run(&plan, &apifence_bin)?)
+    } else {
+        None
+    };
+
     machine.finish();
     let mut results = Results {
         schema: SCHEMA,
@@ -146,6 +155,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         e2e: e2e_results,
         control: control_results,
         memory: memory_results,
+        fleet: fleet_results,
         problems: Vec::new(),
     };
     results.problems = results.check();

@@ -9,7 +9,8 @@
 //! Sections, one module each: [`kernel`] (cost per packet in the kernel, `BPF_PROG_TEST_RUN`),
 //! [`e2e`] (a veth pair in namespaces against nftables, iptables + ipset, xdp-filter),
 //! [`control`] (time to apply and enforce a list, correctness under traffic), [`memory`] (map
-//! memory per prefix). [`report`] writes JSON, [`plot`] SVG, [`markdown`] `BENCHMARKS.md`.
+//! memory per prefix), [`fleet`] (time until every host of a fleet enforces a change made in
+//! etcd). [`report`] writes JSON, [`plot`] SVG, [`markdown`] `BENCHMARKS.md`.
 
 use std::path::PathBuf;
 
@@ -21,6 +22,10 @@ mod alternatives;
 mod control;
 #[cfg(feature = "bench")]
 mod e2e;
+#[cfg(feature = "bench")]
+mod fleet;
+#[cfg(feature = "bench")]
+mod fleet_fanout;
 #[cfg(feature = "bench")]
 mod harness;
 #[cfg(feature = "bench")]
@@ -67,7 +72,7 @@ pub struct BenchArgs {
     /// --quick).
     #[arg(long, value_name = "FILE")]
     pub markdown: Option<PathBuf>,
-    /// Run only these sections (comma separated): kernel, e2e, control, memory. Memory needs
+    /// Run only these sections (comma separated): kernel, e2e, control, memory, fleet. Memory needs
     /// kernel (it measures the kernel section's maps).
     #[arg(long, value_delimiter = ',', value_name = "SECTIONS")]
     pub only: Vec<Section>,
@@ -91,6 +96,8 @@ pub enum Section {
     Control,
     /// Map memory per prefix.
     Memory,
+    /// Many hosts: time until every host of a 3-host fleet enforces a change made in etcd.
+    Fleet,
 }
 
 impl BenchArgs {
@@ -123,6 +130,7 @@ impl BenchArgs {
                     Section::E2e => "e2e",
                     Section::Control => "control",
                     Section::Memory => "memory",
+                    Section::Fleet => "fleet",
                 })
                 .collect();
             args.extend(["--only".into(), names.join(",")]);

@@ -70,6 +70,18 @@ pub struct Plan {
     pub control_incremental_max: usize,
     /// Control-plane section: probe packets per source per second during replacements.
     pub probe_rate_per_source: u32,
+    /// Fleet section: list sizes.
+    #[serde(default)]
+    pub fleet_sizes: Vec<usize>,
+    /// Fleet section: changes per size.
+    #[serde(default)]
+    pub fleet_changes: usize,
+    /// Fleet section: lightweight watchers of the fan-out run (0: none).
+    #[serde(default)]
+    pub fleet_fanout_watchers: usize,
+    /// Fleet section: changes of the fan-out run.
+    #[serde(default)]
+    pub fleet_fanout_changes: usize,
 }
 
 /// Where the AzureCloud data lives, relative to the repository root.
@@ -108,6 +120,10 @@ impl Plan {
                 control_incremental: 5,
                 control_incremental_max: 200,
                 probe_rate_per_source: 5_000,
+                fleet_sizes: vec![200, 10_000],
+                fleet_changes: 6,
+                fleet_fanout_watchers: 20,
+                fleet_fanout_changes: 3,
             }
         } else {
             Plan {
@@ -140,6 +156,10 @@ impl Plan {
                 control_incremental: 25,
                 control_incremental_max: 10_000,
                 probe_rate_per_source: 10_000,
+                fleet_sizes: vec![200, 10_000],
+                fleet_changes: 120,
+                fleet_fanout_watchers: 100,
+                fleet_fanout_changes: 30,
             }
         };
         if let Some(rounds) = args.rounds {

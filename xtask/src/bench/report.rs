@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::control::ControlResults;
 use super::e2e::E2eResults;
+use super::fleet::FleetResults;
 use super::kernel::KernelResults;
 use super::machine::Machine;
 use super::memory::MemoryResults;
@@ -52,6 +53,9 @@ pub struct Results {
     pub control: Option<ControlResults>,
     /// Section 4.
     pub memory: Option<MemoryResults>,
+    /// Section 5.
+    #[serde(default)]
+    pub fleet: Option<FleetResults>,
     /// What could not be measured.
     pub not_measured: Vec<NotMeasured>,
     /// Problems [`Results::check`] found (empty when all is well).
@@ -150,6 +154,19 @@ impl Results {
                     problems.push(format!(
                         "memory: {} {:?}: the trie reports no memory",
                         row.size, row.family
+                    ));
+                }
+            }
+        }
+        if let Some(f) = &self.fleet {
+            for row in &f.sizes {
+                if row.all_hosts.is_none() {
+                    problems.push(format!("fleet at {}: no numbers", row.size));
+                }
+                if row.not_converged > 0 {
+                    problems.push(format!(
+                        "fleet at {}: {} changes were not enforced by every host in time",
+                        row.size, row.not_converged
                     ));
                 }
             }
