@@ -703,7 +703,8 @@ impl Config {
     }
 }
 
-fn article(value: &Value) -> &'static str {
+/// "a string", "an integer", …: how an error names the type of a TOML value.
+pub(crate) fn article(value: &Value) -> &'static str {
     match value {
         Value::String(_) => "a string",
         Value::Integer(_) => "an integer",

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Value;
 
-use crate::policy::echo::escape;
+use crate::{daemon::config::article, policy::echo::escape};
 
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "/apifence/";
@@ -222,18 +222,6 @@ pub enum EtcdConfigError {
         "etcd.host is not set and the hostname can't be read; set it, for example: host = \"cp-1\""
     )]
     NoHostname,
-}
-
-fn article(value: &Value) -> &'static str {
-    match value {
-        Value::String(_) => "a string",
-        Value::Integer(_) => "an integer",
-        Value::Float(_) => "a float",
-        Value::Boolean(_) => "a boolean",
-        Value::Datetime(_) => "a date-time",
-        Value::Array(_) => "a list",
-        Value::Table(_) => "a table",
-    }
 }
 
 fn string(key: &'static str, value: &Value) -> Result<String, EtcdConfigError> {
