@@ -78,7 +78,7 @@ pub fn run(args: &CheckConfigArgs) -> Result<()> {
 }
 
 /// `--connect`: reads the document and the hosts' reports.
-fn connect(etcd: &crate::daemon::config_etcd::EtcdConfig, json: bool) -> Result<()> {
+fn connect(etcd: &crate::daemon::config::etcd::EtcdConfig, json: bool) -> Result<()> {
     use anyhow::Context as _;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

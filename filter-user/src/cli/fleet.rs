@@ -3,10 +3,7 @@
 //! `[etcd]` table, flags, environment variables) and runs `show` and `status`;
 //! [`super::fleet_change`] runs `set`, `add` and `remove`.
 
-use std::{
-    path::{Path, PathBuf},
-    time::SystemTime,
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
@@ -14,14 +11,11 @@ use clap::{Args, Subcommand};
 use super::fleet_change::{self, FleetChangeArgs};
 use crate::{
     daemon::{
+        config::etcd::{EtcdConfig, parse_etcd},
         config::{self, RangesFrom},
-        config_etcd::{EtcdConfig, parse_etcd},
         desired::RangeEntry,
     },
-    features::fleet::{
-        status::{FleetView, HostState},
-        store::Store,
-    },
+    features::fleet::{status::HostState, store::Store},
     kernel::paths::DEFAULT_CONFIG_FILE,
     policy::timestamp::rfc3339,
 };
@@ -307,24 +301,8 @@ async fn show(store: &Store, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// The fleet's view now.
-pub async fn view(store: &Store) -> Result<FleetView> {
-    // The current key's revision even when its value is not a valid pointer.
-    let revision = Some(store.current_revision().await?).filter(|&r| r > 0);
-    let hosts = store.hosts().await?;
-    let seen = store.seen().await?;
-    Ok(FleetView::new(revision, &hosts, &seen, unix_now()))
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 async fn status(store: &Store, json: bool) -> Result<()> {
-    let view = view(store).await?;
+    let view = store.view().await?;
     if json {
         crate::outln!("{}", serde_json::to_string_pretty(&view)?);
     } else {

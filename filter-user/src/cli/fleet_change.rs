@@ -5,16 +5,15 @@
 
 use std::{
     collections::HashSet,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use ipnet::IpNet;
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use time::OffsetDateTime;
 
-use super::{fleet::view, ranges::list_text};
+use super::list_input::ListInput;
 use crate::{
     daemon::desired::{Authorized, RangeEntry, parse_entries},
     features::fleet::{
@@ -44,22 +43,9 @@ pub enum Verb {
 /// Flags of `fleet set|add|remove`.
 #[derive(Debug, Args)]
 pub struct FleetChangeArgs {
-    /// Comma and/or whitespace separated CIDRs, addresses or service tag names.
-    #[arg(
-        value_name = "LIST",
-        required_unless_present = "file",
-        conflicts_with = "file"
-    )]
-    list: Option<String>,
-    /// Read the list from a file ("-" = stdin); `#` starts a comment.
-    #[arg(long, value_name = "PATH")]
-    file: Option<PathBuf>,
-    /// Note kept with each entry given (set and add).
-    #[arg(long, value_name = "TEXT")]
-    note: Option<String>,
-    /// When the entries given expire, RFC 3339 such as 2026-12-01T00:00:00Z (set and add).
-    #[arg(long, value_name = "TIME")]
-    expires: Option<String>,
+    /// The list, its note and expiry.
+    #[command(flatten)]
+    input: ListInput,
     /// Sources never blocked, for every host (set only; default: kept).
     #[arg(long, value_name = "LIST")]
     always_allow: Option<String>,
@@ -73,12 +59,6 @@ pub struct FleetChangeArgs {
     /// --wait=DURATION such as 10s or 500ms); exit 1 if one rejected it or the time ran out.
     #[arg(long, value_name = "DURATION", num_args = 0..=1, require_equals = true, default_missing_value = "30s")]
     wait: Option<String>,
-}
-
-impl FleetChangeArgs {
-    fn text(&self) -> Result<String> {
-        list_text(self.list.as_deref(), self.file.as_deref())
-    }
 }
 
 /// Parses `10s`, `500ms`, `2m` or a number of seconds.
@@ -114,21 +94,7 @@ fn next(
     if verb != Verb::Set && (args.always_allow.is_some() || args.mode.is_some()) {
         bail!("--always-allow and --mode go with fleet set, not add or remove");
     }
-    if verb == Verb::Remove && (args.note.is_some() || args.expires.is_some()) {
-        bail!("--note and --expires go with fleet set and fleet add, not remove");
-    }
-    let expires = args
-        .expires
-        .as_deref()
-        .map(|t| {
-            OffsetDateTime::parse(t.trim(), &Rfc3339).with_context(|| {
-                format!(
-                    "--expires {t:?} is not an RFC 3339 date-time with a UTC offset; write it \
-                     like 2026-12-01T00:00:00Z"
-                )
-            })
-        })
-        .transpose()?;
+    let expires = args.input.expiry("fleet", verb == Verb::Remove)?;
     let now = OffsetDateTime::now_utc();
     if let Some(at) = expires
         && at <= now
@@ -142,7 +108,7 @@ fn next(
     }
     let with_meta = |entry| RangeEntry {
         entry,
-        note: args.note.clone(),
+        note: args.input.note.clone(),
         expires,
     };
     let before = current.map(|d| d.authorized.clone());
@@ -239,7 +205,7 @@ fn warnings(after: &Document) -> Vec<String> {
 
 /// Runs `fleet set|add|remove`.
 pub async fn run(store: &Store, verb: Verb, args: FleetChangeArgs) -> Result<()> {
-    let text = args.text()?;
+    let text = args.input.text()?;
     let wait = args.wait.as_deref().map(parse_duration).transpose()?;
     let mut attempt = 0;
     let (revision, document) = loop {
@@ -307,7 +273,7 @@ async fn wait_for(store: &Store, revision: i64, bound: Duration) -> Result<()> {
     let start = Instant::now();
     let mut reported = std::collections::BTreeMap::new();
     loop {
-        let fleet = view(store).await?;
+        let fleet = store.view().await?;
         let (done, failed) = fleet.progress(revision);
         for host in &done {
             if !reported.contains_key(&host.host) {
@@ -363,10 +329,12 @@ mod tests {
 
     fn args(list: &str) -> FleetChangeArgs {
         FleetChangeArgs {
-            list: Some(list.into()),
-            file: None,
-            note: None,
-            expires: None,
+            input: ListInput {
+                list: Some(list.into()),
+                file: None,
+                note: None,
+                expires: None,
+            },
             always_allow: None,
             mode: None,
             dry_run: false,
@@ -388,7 +356,7 @@ mod tests {
         let mut set = args("10.0.0.0/8, 2001:db8::/32");
         set.always_allow = Some("198.51.100.7".into());
         set.mode = Some("monitor".into());
-        set.note = Some("vpn".into());
+        set.input.note = Some("vpn".into());
         let first = next(Verb::Set, &set, "10.0.0.0/8, 2001:db8::/32", None).unwrap();
         assert_eq!(texts(&first), ["10.0.0.0/8", "2001:db8::/32"]);
         assert_eq!(first.mode, Mode::Monitor);
@@ -459,7 +427,7 @@ mod tests {
         let error = next(Verb::Set, &bad_mode, "10.0.0.0/8", None).unwrap_err();
         assert!(error.to_string().contains("--mode enforce"), "{error}");
         let mut past = args("10.0.0.0/8");
-        past.expires = Some("2000-01-01T00:00:00Z".into());
+        past.input.expires = Some("2000-01-01T00:00:00Z".into());
         let error = next(Verb::Set, &past, "10.0.0.0/8", None).unwrap_err();
         assert!(
             error.to_string().contains("is not in the future"),

@@ -21,6 +21,7 @@ mod denied;
 mod detach;
 mod fleet;
 mod fleet_change;
+mod list_input;
 mod mode;
 pub mod output;
 mod ranges;

@@ -1,15 +1,14 @@
 //! `apifence ranges set|add|remove|show`: the authorized list, through the daemon when one
 //! answers, else on the pins.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::collections::BTreeMap;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::{Context, change::ChangeArgs, output, remote};
+use super::{Context, change::ChangeArgs, list_input::ListInput, output, remote};
 use crate::{
-    daemon::bounded_read,
     daemon::protocol::{EntryMeta, RangesChange, Reply, Request},
     kernel::{attach, operations::Filter},
     policy::language::{RangeList, parse_authorized, parse_prefixes},
@@ -46,59 +45,12 @@ pub enum RangesCommand {
 /// A range list given inline or from a file.
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Comma and/or whitespace separated CIDRs or addresses.
-    #[arg(
-        value_name = "LIST",
-        required_unless_present = "file",
-        conflicts_with = "file"
-    )]
-    list: Option<String>,
-    /// Read the list from a file ("-" = stdin); `#` starts a comment.
-    #[arg(long, value_name = "PATH")]
-    file: Option<PathBuf>,
-    /// Note kept with each entry given (set and add, through the daemon).
-    #[arg(long, value_name = "TEXT")]
-    note: Option<String>,
-    /// When the entries given expire, RFC 3339 such as 2026-12-01T00:00:00Z (set and add,
-    /// through the daemon).
-    #[arg(long, value_name = "TIME")]
-    expires: Option<String>,
+    /// The list, its note and expiry.
+    #[command(flatten)]
+    input: ListInput,
     /// Dry run and force.
     #[command(flatten)]
     change: ChangeArgs,
-}
-
-impl ListArgs {
-    fn text(&self) -> Result<String> {
-        list_text(self.list.as_deref(), self.file.as_deref())
-    }
-}
-
-/// The list given inline, or read (bounded) from `file` ("-" = stdin) without its `#`
-/// comments (`ranges` and `fleet` take lists the same way).
-pub(super) fn list_text(list: Option<&str>, file: Option<&std::path::Path>) -> Result<String> {
-    match (list, file) {
-        (Some(list), _) => Ok(list.to_string()),
-        (None, Some(path)) => {
-            let text = if path.as_os_str() == "-" {
-                bounded_read::read_text(std::io::stdin(), bounded_read::MAX_LIST_BYTES)
-                    .context("reading the list from stdin")?
-            } else {
-                bounded_read::read_file(path, bounded_read::MAX_LIST_BYTES)
-                    .with_context(|| format!("reading the list from {}", path.display()))?
-            };
-            Ok(strip_comments(&text))
-        }
-        (None, None) => bail!("give a LIST or --file PATH"),
-    }
-}
-
-/// Drops `#` comments (to the end of the line) from a list file.
-fn strip_comments(text: &str) -> String {
-    text.lines()
-        .map(|line| line.split('#').next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Which change a `ranges` subcommand asks for.
@@ -127,27 +79,12 @@ pub fn run(context: &Context, command: &RangesCommand) -> Result<()> {
 }
 
 fn change(context: &Context, args: &ListArgs, verb: Verb) -> Result<()> {
-    let text = args.text()?;
-    if verb == Verb::Remove && (args.note.is_some() || args.expires.is_some()) {
-        bail!("--note and --expires go with ranges set and ranges add, not remove");
-    }
-    let expires = args
-        .expires
-        .as_deref()
-        .map(|t| {
-            time::OffsetDateTime::parse(t.trim(), &time::format_description::well_known::Rfc3339)
-                .with_context(|| {
-                    format!(
-                        "--expires {t:?} is not an RFC 3339 date-time with a UTC offset; \
-                         write it like 2026-12-01T00:00:00Z"
-                    )
-                })
-        })
-        .transpose()?;
+    let text = args.input.text()?;
+    let expires = args.input.expiry("ranges", verb == Verb::Remove)?;
     let body = RangesChange {
         list: text.clone(),
         meta: EntryMeta {
-            note: args.note.clone(),
+            note: args.input.note.clone(),
             expires,
         },
         flags: args.change.flags(),
@@ -162,7 +99,7 @@ fn change(context: &Context, args: &ListArgs, verb: Verb) -> Result<()> {
         Some(other) => return Err(remote::unexpected(&context.socket, &other)),
         None => {}
     }
-    if args.note.is_some() || args.expires.is_some() {
+    if args.input.has_meta() {
         bail!(
             "--note and --expires need the apifence daemon (none answers on {}); the pins alone \
              keep no notes or expiry",

@@ -25,7 +25,7 @@ use crate::{
         desired::{
             Authorized, Desired, Diff, RangeEntry, Resolved, TagSource, parse_entries, resolve,
         },
-        external::ExternalDesired,
+        external::{ExternalDesired, ExternalRequest},
         hooks::{Features, Origin, Plan},
         protocol::{
             ChangeFlags, ChangeReply, EntryMeta, ErrorKind, ErrorReply, LinkStatus, ModeChange,
@@ -69,14 +69,7 @@ pub enum Command {
     /// The kernel reported a link change (an interface created, deleted or changed).
     LinksChanged,
     /// A desired state from an external source (see [`crate::daemon::external`]).
-    External {
-        /// The new desired state.
-        desired: Box<ExternalDesired>,
-        /// Only validate and review.
-        dry_run: bool,
-        /// Where the outcome goes.
-        reply: oneshot::Sender<Result<ChangeReply, ErrorReply>>,
-    },
+    External(ExternalRequest),
 }
 
 /// The owner of the desired state.
@@ -496,11 +489,11 @@ impl Engine {
                 }
                 self.bypass_log.check(&self.layout);
             }
-            Command::External {
+            Command::External(ExternalRequest {
                 desired,
                 dry_run,
                 reply,
-            } => {
+            }) => {
                 let _ = reply.send(self.external(*desired, dry_run));
             }
         }

@@ -6,7 +6,9 @@
 //! where it came from: [`ExternalDesired::source`] is the source's own bookmark (revision,
 //! digest), persisted and handed back at the next start.
 //!
-//! The health of the source ([`SourceHealth`]) is published through the telemetry so that
+//! The sink has its own queue ([`ExternalRequest`]s), which the daemon forwards to the engine,
+//! so this module needs nothing of the engine. The health of the source
+//! ([`crate::daemon::protocol::SourceHealth`]) is published through the telemetry so that
 //! `status` and the metrics show it.
 
 use ipnet::IpNet;
@@ -16,7 +18,6 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     daemon::{
         desired::Authorized,
-        engine::Command,
         protocol::{ChangeReply, ErrorKind, ErrorReply},
     },
     policy::Mode,
@@ -37,34 +38,28 @@ pub struct ExternalDesired {
     pub source: serde_json::Value,
 }
 
-/// How the external source is doing, for `status` and metrics. Written by the source's task.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct SourceHealth {
-    /// The source (`etcd`).
-    pub name: String,
-    /// Whether the source is connected and the last document was applied.
-    pub healthy: bool,
-    /// The revision (or other version number) of the document applied last.
-    pub applied_revision: Option<u64>,
-    /// When the source last answered: a read, an event or a keep-alive (RFC 3339).
-    pub last_event: Option<String>,
-    /// Unix seconds of the last event (for the metrics).
-    #[serde(skip)]
-    pub last_event_unix: Option<f64>,
-    /// What is wrong, when not healthy (the last good state stays enforced).
-    pub error: Option<String>,
+/// One request of the external source: a desired state and where the outcome goes.
+#[derive(Debug)]
+pub struct ExternalRequest {
+    /// The new desired state.
+    pub desired: Box<ExternalDesired>,
+    /// Only validate and review.
+    pub dry_run: bool,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<Result<ChangeReply, ErrorReply>>,
 }
 
 /// The handle a task uses to hand an external desired state to the engine.
 #[derive(Clone, Debug)]
 pub struct ExternalSink {
-    commands: mpsc::Sender<Command>,
+    requests: mpsc::Sender<ExternalRequest>,
 }
 
 impl ExternalSink {
-    /// A sink sending to the engine's command queue.
-    pub(crate) fn new(commands: mpsc::Sender<Command>) -> Self {
-        Self { commands }
+    /// A sink and the queue its requests arrive on (the daemon forwards them to the engine).
+    pub(crate) fn new() -> (Self, mpsc::Receiver<ExternalRequest>) {
+        let (requests, queue) = mpsc::channel(4);
+        (Self { requests }, queue)
     }
 
     /// Validates, persists and applies `desired` (nothing changes on error; the last good
@@ -81,8 +76,8 @@ impl ExternalSink {
                 "the daemon is stopping; nothing changed".to_string(),
             )
         };
-        self.commands
-            .send(Command::External {
+        self.requests
+            .send(ExternalRequest {
                 desired: Box::new(desired),
                 dry_run,
                 reply,

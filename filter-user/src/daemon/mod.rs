@@ -19,7 +19,6 @@ pub mod bounded_read;
 pub mod bypass_log;
 pub mod check;
 pub mod config;
-pub mod config_etcd;
 pub mod denied;
 pub mod desired;
 pub mod engine;
@@ -318,12 +317,13 @@ async fn serve(
     let (stop_tx, stop_rx) = channel::channel(false);
     let (watched_tx, watched_rx) = channel::channel(Vec::new());
     let (commands_tx, commands_rx) = mpsc::channel::<Command>(64);
+    let (external_sink, external_queue) = external::ExternalSink::new();
     let context = TaskContext {
         config: config.clone(),
         layout: PinLayout::new(&config.bpffs),
         telemetry: telemetry.clone(),
         shutdown: stop_rx.clone(),
-        external: external::ExternalSink::new(commands_tx.clone()),
+        external: external_sink,
         applied_external: None,
     };
     let setup = EngineSetup {
@@ -377,6 +377,11 @@ async fn serve(
         commands_tx.clone(),
         stop_rx.clone(),
     ));
+    let external = tokio::spawn(forward_external(
+        external_queue,
+        commands_tx.clone(),
+        stop_rx.clone(),
+    ));
     let background = tokio::spawn(signals_and_ticks(
         hangup,
         commands_tx.clone(),
@@ -410,6 +415,7 @@ async fn serve(
     }
     let _ = background.await;
     let _ = links.await;
+    let _ = external.await;
     for task in tasks {
         let abort = task.abort_handle();
         if tokio::time::timeout(TASK_GRACE, task).await.is_err() {
@@ -480,6 +486,24 @@ fn engine_thread(
 }
 
 /// SIGHUP → reload; a tick every [`TICK`]; until `stop`.
+/// Hands the external source's requests to the engine until the daemon stops.
+async fn forward_external(
+    mut queue: mpsc::Receiver<external::ExternalRequest>,
+    commands: mpsc::Sender<Command>,
+    mut stop: channel::Receiver<bool>,
+) {
+    loop {
+        let request = tokio::select! {
+            _ = stop.changed() => return,
+            request = queue.recv() => request,
+        };
+        let Some(request) = request else { return };
+        if commands.send(Command::External(request)).await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn signals_and_ticks(
     mut hangup: Option<tokio::signal::unix::Signal>,
     commands: mpsc::Sender<Command>,

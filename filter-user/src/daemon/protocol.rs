@@ -366,7 +366,26 @@ pub struct StatusReply {
     pub missing_interfaces: Vec<String>,
     /// The external source's health (`ranges_from = "etcd"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<Box<crate::daemon::external::SourceHealth>>,
+    pub source: Option<Box<SourceHealth>>,
+}
+
+/// How the external source (`ranges_from = "etcd"`) is doing, for `status` and metrics.
+/// Written by the source's task.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceHealth {
+    /// The source (`etcd`).
+    pub name: String,
+    /// Whether the source is connected and the last document was applied.
+    pub healthy: bool,
+    /// The revision (or other version number) of the document applied last.
+    pub applied_revision: Option<u64>,
+    /// When the source last answered: a read, an event or a keep-alive (RFC 3339).
+    pub last_event: Option<String>,
+    /// Unix seconds of the last event (for the metrics).
+    #[serde(skip)]
+    pub last_event_unix: Option<f64>,
+    /// What is wrong, when not healthy (the last good state stays enforced).
+    pub error: Option<String>,
 }
 
 /// One pinned XDP link.

@@ -12,7 +12,7 @@ use std::{
 use time::OffsetDateTime;
 
 use crate::{
-    daemon::{external::SourceHealth, protocol::ApplyInfo},
+    daemon::protocol::{ApplyInfo, SourceHealth},
     policy::{compile::FamilyCounts, timestamp::rfc3339},
 };
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use apifence::{
-    daemon::config_etcd::EtcdConfig,
+    daemon::config::etcd::EtcdConfig,
     features::fleet::{document::Pointer, store::Store},
     policy::{language::Entry, merge::merge},
 };

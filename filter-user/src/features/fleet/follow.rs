@@ -23,9 +23,10 @@ use crate::{
     daemon::{
         ErrorChain,
         config::RangesFrom,
-        config_etcd::EtcdConfig,
-        external::{ExternalDesired, ExternalSink, SourceHealth},
+        config::etcd::EtcdConfig,
+        external::{ExternalDesired, ExternalSink},
         hooks::TaskContext,
+        protocol::SourceHealth,
         telemetry::Telemetry,
     },
     features::fleet::{

@@ -3,7 +3,10 @@
 //! (chunks first, then the pointer flipped with compare-and-swap) and the hosts' reports.
 //! Used by the daemon's follower and by `apifence fleet`.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, SystemTime},
+};
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
@@ -11,10 +14,11 @@ use etcd_client::{
 };
 
 use crate::{
-    daemon::config_etcd::EtcdConfig,
+    daemon::config::etcd::EtcdConfig,
     features::fleet::{
         document::{CHUNK_SIZE, Document, DocumentError, Pointer},
         host::HostStatus,
+        status::FleetView,
     },
 };
 
@@ -241,6 +245,18 @@ impl Store {
             return Ok((None, header));
         };
         Ok((Some((Pointer::parse(&value)?, revision)), header))
+    }
+
+    /// The fleet's view now: the current revision, the hosts' reports and the hosts ever seen.
+    pub async fn view(&self) -> Result<FleetView, StoreError> {
+        // The current key's revision even when its value is not a valid pointer.
+        let revision = Some(self.current_revision().await?).filter(|&r| r > 0);
+        let hosts = self.hosts().await?;
+        let seen = self.seen().await?;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        Ok(FleetView::new(revision, &hosts, &seen, now))
     }
 
     /// The current key's mod revision, whatever its value (0: no document).

@@ -8,7 +8,7 @@
 //! ports = [443, 6443]
 //! xdp_mode = "auto"                 # auto | native | skb
 //! mode = "enforce"                  # enforce | monitor
-//! ranges_from = "config"            # config | state | etcd ([etcd], see config_etcd)
+//! ranges_from = "config"            # config | state | etcd ([etcd], see config::etcd)
 //! authorized_ranges = ["73.140.245.0/24", "2001:db8::/32", "AzureDevOps",
 //!                      { range = "203.0.113.0/24", note = "on-call VPN", expires = "2026-12-01T00:00:00Z" }]
 //! always_allow = ["198.51.100.7"]
@@ -22,6 +22,9 @@
 //! metrics_ranges = 10               # per-range hit series (top by hits, rest as "other")
 //! ```
 
+pub mod etcd;
+mod toml_value;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -33,9 +36,13 @@ use serde::Deserialize;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use toml::Value;
 
+use self::{
+    etcd::{EtcdConfig, EtcdConfigError, parse_etcd},
+    toml_value::article,
+};
+
 use crate::{
     daemon::bounded_read,
-    daemon::config_etcd::{EtcdConfig, EtcdConfigError, parse_etcd},
     daemon::desired::{Authorized, RangeEntry, parse_single},
     kernel::names::{NameError, check_interface},
     kernel::paths::{DEFAULT_BPFFS_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR},
@@ -623,7 +630,7 @@ fn ranges_from(value: Value) -> Result<RangesFrom, ConfigError> {
     )
 }
 
-/// The `[etcd]` table (see [`crate::daemon::config_etcd`]), required by `ranges_from = "etcd"`.
+/// The `[etcd]` table (see [`crate::daemon::config::etcd`]), required by `ranges_from = "etcd"`.
 fn validate_etcd(config: &mut Config, etcd: Option<Value>, dir: &Path) -> Result<(), ConfigError> {
     config.etcd = etcd.map(|value| parse_etcd(value, dir)).transpose()?;
     if config.ranges_from == RangesFrom::Etcd && config.etcd.is_none() {
@@ -700,19 +707,6 @@ impl Config {
     /// Files whose change means the configuration must be reloaded (besides the config file).
     pub fn watched_files(&self) -> Vec<PathBuf> {
         self.service_tags_file.iter().cloned().collect()
-    }
-}
-
-/// "a string", "an integer", …: how an error names the type of a TOML value.
-pub(crate) fn article(value: &Value) -> &'static str {
-    match value {
-        Value::String(_) => "a string",
-        Value::Integer(_) => "an integer",
-        Value::Float(_) => "a float",
-        Value::Boolean(_) => "a boolean",
-        Value::Datetime(_) => "a date-time",
-        Value::Array(_) => "a list",
-        Value::Table(_) => "a table",
     }
 }
 

@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 
 use toml::Value;
 
-use crate::{daemon::config::article, policy::echo::escape};
+use super::toml_value::article;
+use crate::policy::echo::escape;
 
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "/apifence/";
