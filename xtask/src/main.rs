@@ -6,6 +6,7 @@
 mod bench;
 mod build;
 mod demo;
+mod disk;
 mod fuzz;
 mod package;
 mod process;

@@ -8,8 +8,9 @@ use anyhow::{Result, bail};
 use apifence_tests::privileges::{BIN_ENV, REQUIRE_ENV};
 
 use crate::build::{BUILD_TIMEOUT, binary};
+use crate::disk;
 use crate::package;
-use crate::process::{cargo, run_live, run_live_lines};
+use crate::process::{cargo, run_live, run_live_lines, workspace_root};
 use crate::setup;
 
 /// Bound on the whole `cargo test` run.
@@ -17,6 +18,11 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 
 /// Runs the suite; fails if any step failed, after printing `N passed, N failed`.
 pub fn run() -> Result<()> {
+    disk::ensure_room(
+        &workspace_root(),
+        &["target", "filter-user/fuzz/target"],
+        disk::TEST_RUN_BYTES,
+    )?;
     setup::run(&[setup::Task::Test])?;
     // The setup test plans every task's packages with apt: it needs package lists.
     setup::ensure_package_lists()?;
