@@ -379,9 +379,14 @@ fn a_100k_prefix_list_goes_through_chunks_and_converges() {
         String::from_utf8_lossy(&out.stderr),
         lab.logs()
     );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
     let revision = revision_written(&out);
-    assert!(out.contains("all 3 live hosts enforce revision"), "{out}");
+    assert!(
+        out.contains("all 3 live hosts enforce revision"),
+        "{out}{err}{}",
+        String::from_utf8_lossy(&lab.fleet(&["status", "--json"]).stdout)
+    );
     let show = lab.fleet_ok(&["show", "--json"]);
     let show: serde_json::Value = serde_json::from_str(&show).expect("show json");
     assert!(

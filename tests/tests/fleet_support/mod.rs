@@ -258,6 +258,21 @@ impl FleetLab {
             host.write_config(&self.config_body(i));
             host.start(&[]);
         }
+        // A daemon answers on its socket before its first report reaches etcd; a `fleet set
+        // --wait` issued in between would find nobody to wait for.
+        let mut last = serde_json::Value::Null;
+        let reported = wait_until(NOTICE_WAIT, || {
+            let out = self.fleet(&["status", "--json"]);
+            last = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            last["hosts"].as_array().is_some_and(|hosts| {
+                hosts.len() == self.hosts.len() && hosts.iter().all(|h| h["state"] != "gone")
+            })
+        });
+        assert!(
+            reported,
+            "not every host reported to etcd: {last}\n{}",
+            self.logs()
+        );
     }
 
     /// The flags that point `apifence fleet` at the cluster (with the client certificate).

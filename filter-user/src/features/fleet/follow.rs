@@ -16,7 +16,10 @@ use std::time::{Duration, SystemTime};
 use etcd_client::{EventType, WatchOptions};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
 use tracing::{error, info, warn};
 
 use crate::{
@@ -110,6 +113,66 @@ enum SessionError {
     Other(String),
 }
 
+/// The keep-alive of the report's lease, running on its own task for one session: every
+/// [`REPORT_EVERY`] it renews the lease and sends whether etcd answered; it stops at the first
+/// failure (sent as the session's error) and when dropped.
+struct LeaseKeeping {
+    /// One item per renewal: `Ok` when etcd renewed the lease, else why the session ends.
+    answers: mpsc::Receiver<Result<(), SessionError>>,
+    task: JoinHandle<()>,
+}
+
+impl LeaseKeeping {
+    fn start(
+        mut keeper: etcd_client::LeaseKeeper,
+        mut alive: etcd_client::LeaseKeepAliveStream,
+        endpoints: String,
+    ) -> Self {
+        let (send, answers) = mpsc::channel(1);
+        let task = tokio::spawn(async move {
+            let etcd = |source| {
+                SessionError::Store(StoreError::Etcd {
+                    endpoints: endpoints.clone(),
+                    source,
+                })
+            };
+            let mut ticks = tokio::time::interval(REPORT_EVERY);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let answer = match keeper.keep_alive().await {
+                    Err(e) => Err(etcd(e)),
+                    Ok(()) => match tokio::time::timeout(REPORT_EVERY * 2, alive.message()).await {
+                        Ok(Ok(Some(response))) if response.ttl() > 0 => Ok(()),
+                        Ok(Ok(_)) => Err(SessionError::Other("the report's lease expired".into())),
+                        Ok(Err(e)) => Err(etcd(e)),
+                        Err(_) => Err(SessionError::Other(format!(
+                            "etcd did not answer a keep-alive within {}s",
+                            (REPORT_EVERY * 2).as_secs()
+                        ))),
+                    },
+                };
+                if answer.is_err() {
+                    // The failure reaches the session even behind an unread renewal.
+                    let _ = send.send(answer).await;
+                    return;
+                }
+                // A renewal nobody has read yet says the same as this one: skipped.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = send.try_send(answer) {
+                    return;
+                }
+            }
+        });
+        Self { answers, task }
+    }
+}
+
+impl Drop for LeaseKeeping {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 struct Follower {
     config: EtcdConfig,
     layout: PinLayout,
@@ -192,7 +255,9 @@ impl Follower {
     async fn session(&mut self) -> Result<(), SessionError> {
         let store = Store::connect(&self.config).await?;
         let mut client = store.client();
-        let (lease, mut keeper, mut alive) = self.lease(&store).await?;
+        let (lease, keeper, alive) = self.lease(&store).await?;
+        // On its own task: applying a large list in this loop must not let the report expire.
+        let mut lease_answers = LeaseKeeping::start(keeper, alive, store.endpoints());
         store.mark_seen().await?;
         let mut from = self.full_read(&store).await?;
         if self.etcd_error.take().is_some() {
@@ -213,23 +278,16 @@ impl Follower {
                     let _ = tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await;
                     return Ok(());
                 }
-                _ = ticks.tick() => {
-                    keeper.keep_alive().await.map_err(|e| store.error(e))?;
-                    let answer = tokio::time::timeout(REPORT_EVERY * 2, alive.message()).await;
-                    match answer {
-                        Ok(Ok(Some(response))) if response.ttl() > 0 => {
-                            // etcd answered: the metric of the time since contact restarts.
-                            self.last_event = Some(OffsetDateTime::now_utc());
-                            self.publish_health();
-                        }
-                        Ok(Ok(_)) => return Err(SessionError::Other("the report's lease expired".into())),
-                        Ok(Err(e)) => return Err(store.error(e).into()),
-                        Err(_) => return Err(SessionError::Other(format!(
-                            "etcd did not answer a keep-alive within {}s", (REPORT_EVERY * 2).as_secs()
-                        ))),
+                answer = lease_answers.answers.recv() => match answer {
+                    Some(Ok(())) => {
+                        // etcd answered: the metric of the time since contact restarts.
+                        self.last_event = Some(OffsetDateTime::now_utc());
+                        self.publish_health();
                     }
-                    self.report(&store, lease).await?;
-                }
+                    Some(Err(e)) => return Err(e),
+                    None => return Err(SessionError::Other("the lease keeper stopped".into())),
+                },
+                _ = ticks.tick() => self.report(&store, lease).await?,
                 message = watching.message() => {
                     let response = match message {
                         Ok(Some(response)) => response,

@@ -168,9 +168,14 @@ impl Store {
     /// Wraps a client error, naming the endpoints.
     pub fn error(&self, source: etcd_client::Error) -> StoreError {
         StoreError::Etcd {
-            endpoints: self.config.endpoints.join(","),
+            endpoints: self.endpoints(),
             source,
         }
+    }
+
+    /// The endpoints, comma-separated, as errors name them.
+    pub fn endpoints(&self) -> String {
+        self.config.endpoints.join(",")
     }
 
     /// Runs `request` with a fresh client handle, bounded by [`REQUEST_TIMEOUT`] per attempt;
