@@ -407,7 +407,10 @@ impl Store {
         Ok(response
             .kvs()
             .iter()
-            .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+            .map(|kv| {
+                serde_json::from_slice(kv.value())
+                    .unwrap_or_else(|e| unreadable_report(kv.key(), &e))
+            })
             .collect())
     }
 
@@ -446,5 +449,36 @@ impl Store {
         })
         .await?;
         Ok(())
+    }
+}
+
+/// A host whose report under `key` doesn't decode (another version of apifence, or a hand
+/// edit): shown as failing with the reason, never left out.
+fn unreadable_report(key: &[u8], error: &serde_json::Error) -> HostStatus {
+    let key = String::from_utf8_lossy(key);
+    HostStatus {
+        host: key.rsplit('/').next().unwrap_or_default().to_string(),
+        error: Some(format!(
+            "its report under {key} can't be read ({error}); is that host on another version of \
+             apifence?"
+        )),
+        ..HostStatus::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_report_is_a_failing_host_named_by_its_key() {
+        let error = serde_json::from_slice::<HostStatus>(b"{\"host\": 7}").unwrap_err();
+        let host = unreadable_report(b"/apifence/default/hosts/cp-2", &error);
+        assert_eq!(host.host, "cp-2");
+        let reason = host.error.expect("a reason");
+        assert!(reason.contains("/apifence/default/hosts/cp-2"), "{reason}");
+        assert!(reason.contains("another version"), "{reason}");
+        let view = FleetView::new(Some(3), &[host], &[], 0.0);
+        assert!(!view.healthy());
     }
 }
