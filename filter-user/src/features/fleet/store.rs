@@ -475,7 +475,7 @@ mod tests {
         let error = serde_json::from_slice::<HostStatus>(b"{\"host\": 7}").unwrap_err();
         let host = unreadable_report(b"/apifence/default/hosts/cp-2", &error);
         assert_eq!(host.host, "cp-2");
-        let reason = host.error.expect("a reason");
+        let reason = host.error.clone().expect("a reason");
         assert!(reason.contains("/apifence/default/hosts/cp-2"), "{reason}");
         assert!(reason.contains("another version"), "{reason}");
         let view = FleetView::new(Some(3), &[host], &[], 0.0);
