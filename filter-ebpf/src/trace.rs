@@ -5,8 +5,8 @@
 //! production program uses `()`, whose [`Trace::report`] is empty, so not one instruction of
 //! this module (not even the test of [`TRACE_FILTER`]) is in the production program.
 //!
-//! Record format (logfmt, parsed by the loader's `kernel::trace`): `verdict= reason= source=
-//! port= port_read= vlan= ipv6_ext= ipv4_options= later_fragment= slot= ifindex= lookup=` and,
+//! Record format (logfmt, parsed by the loader's `kernel::trace`): `verdict= reason= source=`
+//! (IPv6; IPv4 sources IPv4-mapped) `port= port_read= vlan= ipv6_ext= ipv4_options= later_fragment= slot= ifindex= lookup=` and,
 //! for a hit, `rule=` (the rule id, which the loader turns into the range).
 
 use aya_ebpf::programs::XdpContext;
@@ -89,9 +89,12 @@ impl Trace for Path {
             COUNTER_WOULD_DROP => ("would-drop", "no-rule-matched-monitor", "miss"),
             _ => ("unknown", "unknown", "unknown"),
         };
+        // One 16-byte argument for both families (IPv4 as IPv4-mapped IPv6, which the loader
+        // prints as IPv4): an `IpAddr` enum leaves bytes undefined that LLVM may fill from a
+        // pointer register, a partial pointer spill the verifier rejects.
         let address = match source {
-            Source::V4(addr) => core::net::IpAddr::from(*addr),
-            Source::V6(addr) => core::net::IpAddr::from(*addr),
+            Source::V4([a, b, c, d]) => [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, *a, *b, *c, *d],
+            Source::V6(addr) => *addr,
         };
         let (port, port_read) = match port {
             Some(port) => (*port, 1u8),

@@ -193,9 +193,11 @@ impl TraceRecord {
         Ok(Self {
             verdict: get("verdict")?.to_string(),
             reason: get("reason")?.to_string(),
+            // IPv4 sources come IPv4-mapped.
             source: source
-                .parse()
-                .map_err(|_| bad(format!("source={source} is not an address")))?,
+                .parse::<IpAddr>()
+                .map_err(|_| bad(format!("source={source} is not an address")))?
+                .to_canonical(),
             port: (port_read != 0).then_some(port),
             vlan_tags: number(get("vlan")?, "vlan", &bad)?,
             ipv6_extensions: number(get("ipv6_ext")?, "ipv6_ext", &bad)?,
@@ -480,7 +482,7 @@ mod tests {
         assert_eq!(v6.net[3].to_ne_bytes(), [0, 0, 0, 0]);
     }
 
-    const DROP: &str = "verdict=drop reason=no-rule-matched source=198.18.0.3 port=6443 \
+    const DROP: &str = "verdict=drop reason=no-rule-matched source=::ffff:198.18.0.3 port=6443 \
         port_read=1 vlan=0 ipv6_ext=0 ipv4_options=0 later_fragment=0 slot=1 ifindex=2 \
         lookup=miss rule=4294967295";
 
