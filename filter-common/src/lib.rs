@@ -96,9 +96,9 @@ pub const ALL_MAPS: [&str; 16] = [
 /// Name of the XDP program (the `#[xdp]` function) in the object file.
 pub const PROGRAM_NAME: &str = "apifence";
 
-/// Name of the verdict-trace XDP program in the same object (`apifence trace`): the same
+/// Name of the verdict-trace XDP program in its own object (`apifence trace`): the same
 /// filter as [`PROGRAM_NAME`] (same maps, same verdicts) that also reports each TCP packet from
-/// the sources of [`GLOBAL_TRACE_FILTER`] through aya-log. The production program is compiled
+/// the sources of [`GLOBAL_TRACE_FILTER`] through aya-log. The production object is compiled
 /// without any of it. At most 15 characters (the kernel's program name length).
 pub const TRACE_PROGRAM_NAME: &str = "apifence_trace";
 

@@ -1,9 +1,8 @@
 //! The verdict trace (`apifence trace`): one aya-log record per TCP packet from the traced
 //! sources, saying how it was parsed, what the lookup found and what became of it.
 //!
-//! Only the trace program (`apifence_trace` in `main.rs`) is built with [`Path`]; the
-//! production program uses `()`, whose [`Trace::report`] is empty, so not one instruction of
-//! this module (not even the test of [`TRACE_FILTER`]) is in the production program.
+//! Only the trace object (`trace_main.rs`) contains this module; the production object
+//! instantiates `run::filter` with `()`, which traces nothing.
 //!
 //! Record format (logfmt, parsed by the loader's `kernel::trace`): `verdict= reason= source=`
 //! (IPv6; IPv4 sources IPv4-mapped) `port= port_read= vlan= ipv6_ext= ipv4_options= later_fragment= slot= ifindex= lookup=` and,
@@ -20,6 +19,7 @@ use filter_common::{
 use crate::{
     judge::Outcome,
     parse::{Class, Source, Walk},
+    run::Trace,
 };
 
 /// Which sources are reported (`filter_common::GLOBAL_TRACE_FILTER`): a load-time constant in
@@ -30,15 +30,6 @@ static TRACE_FILTER: TraceFilter = TraceFilter {
     net: [0; 4],
     mask: [0; 4],
 };
-
-/// What a program does besides filtering: nothing (`()`), or report the verdict ([`Path`]).
-pub trait Trace: Walk + Default {
-    /// Reports the verdict on one packet.
-    #[inline(always)]
-    fn report(&self, _ctx: &XdpContext, _slot: u32, _class: &Class, _outcome: &Outcome) {}
-}
-
-impl Trace for () {}
 
 /// The way the parser took through one frame.
 #[derive(Default)]

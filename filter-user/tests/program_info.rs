@@ -96,7 +96,11 @@ fn trace_program_loads_next_to_the_pins_within_limits() {
     let info = trace.info().expect("trace program info");
     assert_eq!(info.name_as_str(), Some("apifence_trace"), "program name");
     let production = ProgramInfo::from_pin(layout.program()).expect("pinned program info");
-    assert_ne!(info.id(), production.id(), "a second program, not the pinned one");
+    assert_ne!(
+        info.id(),
+        production.id(),
+        "a second program, not the pinned one"
+    );
     let xlated = info.size_translated().expect("xlated size") / INSN_BYTES;
     let production_xlated = production.size_translated().expect("xlated size") / INSN_BYTES;
     assert!(

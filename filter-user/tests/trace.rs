@@ -143,7 +143,11 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(50));
         }
         let out = child.wait_with_output().expect("trace output");
-        assert!(out.status.success(), "apifence trace failed: {:?}", out.status);
+        assert!(
+            out.status.success(),
+            "apifence trace failed: {:?}",
+            out.status
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
@@ -211,8 +215,9 @@ fn lines_of(lines: &[serde_json::Value], source: Ipv4Addr) -> Vec<&serde_json::V
 
 #[test]
 fn trace_shows_the_traced_sources_verdicts_while_the_filter_keeps_enforcing() {
-    if !require_privileges("trace_shows_the_traced_sources_verdicts_while_the_filter_keeps_enforcing")
-    {
+    if !require_privileges(
+        "trace_shows_the_traced_sources_verdicts_while_the_filter_keeps_enforcing",
+    ) {
         return;
     }
     let mut lab = Lab::new();
@@ -221,11 +226,18 @@ fn trace_shows_the_traced_sources_verdicts_while_the_filter_keeps_enforcing() {
 
     lab.start_trace(&["--source", TRACED, "--count", "1000", "--seconds", "120"]);
     let (traced_id, traced_name) = lab.link_program();
-    assert_eq!(traced_name, "apifence_trace", "the trace program runs on api0");
+    assert_eq!(
+        traced_name, "apifence_trace",
+        "the trace program runs on api0"
+    );
     assert_ne!(traced_id, production);
 
     lab.assert_connects(GOOD4, API_PORT, "authorized, traced");
-    lab.assert_dropped(BAD4, API_PORT, "unauthorized: still dropped during the trace");
+    lab.assert_dropped(
+        BAD4,
+        API_PORT,
+        "unauthorized: still dropped during the trace",
+    );
     lab.assert_dropped(OTHER4, API_PORT, "unauthorized, not traced: still dropped");
     lab.assert_connects(GOOD4, OTHER_PORT, "port not protected");
     lab.assert_connects(OTHER4, OTHER_PORT, "port not protected, not traced");
@@ -289,7 +301,14 @@ fn trace_stops_after_count_packets() {
     }
     let mut lab = Lab::new();
     let production = attach::program_id(&lab.layout()).expect("pinned program");
-    lab.start_trace(&["--source", &BAD4.to_string(), "--count", "1", "--seconds", "120"]);
+    lab.start_trace(&[
+        "--source",
+        &BAD4.to_string(),
+        "--count",
+        "1",
+        "--seconds",
+        "120",
+    ]);
     lab.assert_connects(GOOD4, API_PORT, "authorized, not traced");
     lab.assert_dropped(BAD4, API_PORT, "unauthorized, traced");
     let lines = lab.wait_trace();
@@ -312,7 +331,10 @@ fn a_killed_trace_keeps_enforcing_and_attach_restores_the_filter() {
     child.wait().expect("reap the killed trace");
 
     let (left_id, left_name) = lab.link_program();
-    assert_eq!(left_name, "apifence_trace", "the dead trace's program is still attached");
+    assert_eq!(
+        left_name, "apifence_trace",
+        "the dead trace's program is still attached"
+    );
     assert_ne!(left_id, production);
     lab.assert_dropped(BAD4, API_PORT, "the left trace program still enforces");
     lab.assert_connects(GOOD4, API_PORT, "the left trace program still authorizes");

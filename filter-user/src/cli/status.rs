@@ -47,7 +47,9 @@ pub fn run(context: &Context, args: &StatusArgs) -> Result<()> {
                 );
             }
             if found.trace_running {
-                crate::outln!("an `apifence trace` is running (its trace program filters the links)");
+                crate::outln!(
+                    "an `apifence trace` is running (its trace program filters the links)"
+                );
             }
             let stale = attach::stale_interfaces(&context.layout);
             for name in attach::attached_interfaces(&context.layout) {

@@ -100,7 +100,10 @@ fn signal_fd() -> Result<OwnedFd> {
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            bail!("blocking SIGINT and SIGTERM: {}", std::io::Error::last_os_error());
+            bail!(
+                "blocking SIGINT and SIGTERM: {}",
+                std::io::Error::last_os_error()
+            );
         }
         let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
         if fd < 0 {
@@ -210,7 +213,9 @@ fn trace_loop(
                     record: &record,
                     interface: interface_name(record.ifindex),
                     path: record.path(),
-                    range: record.rule.and_then(|rule| range_of(filter, record.slot, rule)),
+                    range: record
+                        .rule
+                        .and_then(|rule| range_of(filter, record.slot, rule)),
                 };
                 if args.json {
                     crate::outln!("{}", serde_json::to_string(&line)?);

@@ -8,9 +8,9 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use filter_common::{
-    ALL_MAPS, GLOBAL_LOOKUP, GLOBAL_TRACE_FILTER, MAP_RULE_HITS, MAP_TABLE_CHUNKS, MAP_TABLE_ENTRIES,
-    MAP_TABLE_V4_FILTER, MAP_V4_SLOT0, MAP_V4_SLOT1, MAP_V6_SLOT0, MAP_V6_SLOT1, PROGRAM_NAME,
-    TABLE_ELEMENTS_UNUSED, TRACE_PROGRAM_NAME, TraceFilter, rule_capacity,
+    ALL_MAPS, GLOBAL_LOOKUP, GLOBAL_TRACE_FILTER, MAP_RULE_HITS, MAP_TABLE_CHUNKS,
+    MAP_TABLE_ENTRIES, MAP_TABLE_V4_FILTER, MAP_V4_SLOT0, MAP_V4_SLOT1, MAP_V6_SLOT0, MAP_V6_SLOT1,
+    PROGRAM_NAME, TABLE_ELEMENTS_UNUSED, TRACE_PROGRAM_NAME, TraceFilter, rule_capacity,
     table_chunks_per_slot, table_entries_per_slot,
 };
 
@@ -18,7 +18,7 @@ use crate::{
     kernel::{
         names::{NameError, check_interface},
         paths::PinLayout,
-        program::OBJECT,
+        program::{OBJECT, TRACE_OBJECT},
         table_maps::lookup_of_pins,
     },
     policy::{AttachedMode, Lookup, XdpModeChoice},
@@ -95,11 +95,20 @@ pub enum Instance {
     /// The filter ([`PROGRAM_NAME`]): pinned and attached.
     Production,
     /// The same filter that also reports the verdicts on the sources `TraceFilter` selects
-    /// ([`TRACE_PROGRAM_NAME`]): swapped in for a while by `apifence trace`, never pinned.
+    /// ([`TRACE_PROGRAM_NAME`] of [`TRACE_OBJECT`]): swapped in for a while by `apifence trace`,
+    /// never pinned.
     Trace(TraceFilter),
 }
 
 impl Instance {
+    /// The embedded object holding its program.
+    pub fn object(self) -> &'static [u8] {
+        match self {
+            Instance::Production => OBJECT,
+            Instance::Trace(_) => TRACE_OBJECT,
+        }
+    }
+
     /// Its program's name in the object file.
     pub fn program_name(self) -> &'static str {
         match self {
@@ -143,7 +152,7 @@ fn load_embedded(
     if let Instance::Trace(filter) = &instance {
         loader.override_global(GLOBAL_TRACE_FILTER, filter, true);
     }
-    let mut ebpf = loader.load(OBJECT).map_err(AttachError::Load)?;
+    let mut ebpf = loader.load(instance.object()).map_err(AttachError::Load)?;
     embedded_program(&mut ebpf, instance.program_name())?
         .load()
         .map_err(program_error(format!(
@@ -486,12 +495,16 @@ pub fn swap_program(
     // SAFETY: `update` is a zero-padded bpf_attr naming open link and program descriptors.
     unsafe { bpf(BPF_LINK_UPDATE, &update) }
         .map(drop)
-        .map_err(pin_error("swapping the program of the link pinned at", path))
+        .map_err(pin_error(
+            "swapping the program of the link pinned at",
+            path,
+        ))
 }
 
 /// A descriptor of the pinned production program.
 pub fn pinned_program_fd(layout: &PinLayout) -> Result<std::os::fd::OwnedFd, AttachError> {
-    open_pinned(&layout.program()).map_err(pin_error("opening the program pinned at", layout.program()))
+    open_pinned(&layout.program())
+        .map_err(pin_error("opening the program pinned at", layout.program()))
 }
 
 /// What [`replace_program`] did.

@@ -168,7 +168,11 @@ impl TraceRecord {
         };
         let fields: Vec<(&str, &str)> = record
             .split_whitespace()
-            .map(|field| field.split_once('=').ok_or_else(|| bad(format!("{field:?} is not key=value"))))
+            .map(|field| {
+                field
+                    .split_once('=')
+                    .ok_or_else(|| bad(format!("{field:?} is not key=value")))
+            })
             .collect::<Result<_, _>>()?;
         let get = |key: &str| {
             fields
@@ -509,7 +513,7 @@ mod tests {
     #[test]
     fn bad_records_name_the_problem() {
         let missing = TraceRecord::parse("verdict=drop").unwrap_err().to_string();
-        assert!(missing.contains("no reason"), "{missing}");
+        assert!(missing.contains("no port"), "{missing}");
         let garbled = TraceRecord::parse(&DROP.replace("port=6443", "port=x"))
             .unwrap_err()
             .to_string();
