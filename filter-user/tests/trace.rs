@@ -348,3 +348,26 @@ fn a_killed_trace_keeps_enforcing_and_attach_restores_the_filter() {
     assert_eq!(lab.link_program(), (production, "apifence".to_owned()));
     lab.assert_dropped(BAD4, API_PORT, "after the restore");
 }
+
+#[test]
+fn a_detach_during_the_trace_ends_it_cleanly() {
+    if !require_privileges("a_detach_during_the_trace_ends_it_cleanly") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let stderr = lab.start_trace(&["--source", TRACED, "--seconds", "120"]);
+    lab.ok(&["detach", "--all"]);
+    lab.assert_connects(BAD4, API_PORT, "nothing is attached any more");
+    lab.signal_trace(libc::SIGINT);
+    lab.wait_trace();
+    // The process ended, so its stderr closes and the reader's channel disconnects.
+    let mut said = Vec::new();
+    while let Ok(line) = stderr.recv_timeout(PROCESS_WAIT) {
+        said.push(line);
+    }
+    assert!(
+        said.iter()
+            .any(|l| l.contains("api0") && l.contains("the filter was detached")),
+        "the trace says the filter went away under it: {said:?}"
+    );
+}

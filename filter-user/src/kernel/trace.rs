@@ -338,8 +338,8 @@ fn restore_locked(layout: &PinLayout) -> Result<Vec<String>, TraceError> {
 pub struct TraceEnd {
     /// Interfaces that run the production program again.
     pub restored: Vec<String>,
-    /// Interfaces whose program someone else replaced during the trace (an upgrade, a detach):
-    /// left as they are.
+    /// Interfaces whose program someone else replaced or removed during the trace (an upgrade,
+    /// a detach), with why: left as they are.
     pub changed_meanwhile: Vec<(String, String)>,
 }
 
@@ -432,6 +432,13 @@ impl TraceSession {
 
     fn restore(&mut self) -> Result<TraceEnd, TraceError> {
         let mut end = TraceEnd::default();
+        if !attach::is_loaded(&self.layout) {
+            end.changed_meanwhile = std::mem::take(&mut self.swapped)
+                .into_iter()
+                .map(|interface| (interface, "the filter was detached".to_string()))
+                .collect();
+            return Ok(end);
+        }
         let production = attach::pinned_program_fd(&self.layout)?;
         let trace = self.trace_fd()?;
         let mut first_error = None;
@@ -440,7 +447,10 @@ impl TraceSession {
             {
                 Ok(()) => end.restored.push(interface),
                 Err(AttachError::Pin { source, .. })
-                    if matches!(source.raw_os_error(), Some(libc::EPERM | libc::ENOLINK)) =>
+                    if matches!(
+                        source.raw_os_error(),
+                        Some(libc::EPERM | libc::ENOLINK | libc::ENOENT)
+                    ) =>
                 {
                     end.changed_meanwhile.push((interface, source.to_string()));
                 }
