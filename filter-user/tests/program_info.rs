@@ -108,9 +108,12 @@ fn trace_program_loads_next_to_the_pins_within_limits() {
         "the trace program ({xlated} insns) holds the filter ({production_xlated} insns) and more"
     );
     let processed = info.verified_instruction_count();
+    // Measured: 42,262 on 6.18, 40,633 on 6.12, but 295,687 on 6.1, whose verifier prunes the
+    // aya-log record's many argument paths less well (the filter: about 24,000 on all three).
+    // Half the limit leaves room and still catches a change that doubles it.
     if let Some(processed) = processed {
         assert!(
-            processed < VERIFIER_LIMIT / 10,
+            processed < VERIFIER_LIMIT / 2,
             "the verifier processed {processed} instructions of the trace program, too close to \
              its limit {VERIFIER_LIMIT}"
         );
