@@ -96,6 +96,36 @@ pub const ALL_MAPS: [&str; 16] = [
 /// Name of the XDP program (the `#[xdp]` function) in the object file.
 pub const PROGRAM_NAME: &str = "apifence";
 
+/// Name of the verdict-trace XDP program in its own object (`apifence trace`): the same
+/// filter as [`PROGRAM_NAME`] (same maps, same verdicts) that also reports each TCP packet from
+/// the sources of [`GLOBAL_TRACE_FILTER`] through aya-log. The production object is compiled
+/// without any of it. At most 15 characters (the kernel's program name length).
+pub const TRACE_PROGRAM_NAME: &str = "apifence_trace";
+
+/// Name of the trace program's load-time constant (a [`TraceFilter`] in `.rodata`): which
+/// sources it reports. Only the trace program reads it.
+pub const GLOBAL_TRACE_FILTER: &str = "TRACE_FILTER";
+
+/// [`TraceFilter::family`]: report every TCP packet.
+pub const TRACE_FAMILY_ANY: u32 = 0;
+/// [`TraceFilter::family`]: report IPv4 sources in `net`/`mask` (first word of each).
+pub const TRACE_FAMILY_V4: u32 = 4;
+/// [`TraceFilter::family`]: report IPv6 sources in `net`/`mask`.
+pub const TRACE_FAMILY_V6: u32 = 6;
+
+/// The sources the trace program reports: `source & mask == net`, compared as four 32-bit words
+/// of address bytes in network byte order (IPv4 uses word 0 only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceFilter {
+    /// [`TRACE_FAMILY_ANY`], [`TRACE_FAMILY_V4`] or [`TRACE_FAMILY_V6`].
+    pub family: u32,
+    /// Network address bytes (already masked), as `u32` words in memory order.
+    pub net: [u32; 4],
+    /// Prefix mask bytes, as `u32` words in memory order.
+    pub mask: [u32; 4],
+}
+
 /// Name of the program's load-time constant (a global `u32` in `.rodata`) that selects the
 /// lookup: [`LOOKUP_COMPILED`] or [`LOOKUP_LPM_TRIE`]. The verifier sees its value, so the
 /// lookup not selected is dead code it never walks.
@@ -278,6 +308,7 @@ mod pod {
     unsafe impl aya::Pod for super::Ipv6Key {}
     unsafe impl aya::Pod for super::DenyEvent {}
     unsafe impl aya::Pod for super::DenyRate {}
+    unsafe impl aya::Pod for super::TraceFilter {}
     unsafe impl aya::Pod for super::table::Chunk {}
 }
 
@@ -301,6 +332,7 @@ mod tests {
         assert_eq!(size_of::<PolicyChunk>(), POLICY_CHUNK_BYTES);
         assert_eq!(size_of::<DenyEvent>(), 32);
         assert_eq!(size_of::<DenyRate>(), 16);
+        assert_eq!(size_of::<TraceFilter>(), 36);
     }
 
     #[test]

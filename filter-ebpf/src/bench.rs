@@ -80,7 +80,7 @@ pub fn bench_drop(_ctx: XdpContext) -> u32 {
 /// source and on the port, so the compiler can't drop any of the parsing.
 #[xdp]
 pub fn bench_parse(ctx: XdpContext) -> u32 {
-    match parse::classify(&ctx) {
+    match parse::classify(&ctx, &mut ()) {
         parse::Class::Tcp { source, port } => {
             let folded = match source {
                 parse::Source::V4(addr) => addr.iter().fold(0u8, |acc, b| acc ^ b),

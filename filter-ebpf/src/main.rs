@@ -3,8 +3,10 @@
 //!
 //! One job per module: [`maps`] defines every map, [`parse`] turns a frame into a
 //! [`parse::Class`] behind one bounds-checked cursor, [`judge`] turns that class and the active
-//! slot into an [`judge::Outcome`], and [`record`] is the single exit that counts the outcome and
-//! returns its verdict, so counters can't drift from verdicts.
+//! slot into an [`judge::Outcome`], and [`run`] puts them together and ends in the single exit
+//! that counts the outcome and returns its verdict, so counters can't drift from verdicts. The
+//! verdict trace (`apifence trace`) is a separate object (`trace_main.rs`) built from the same
+//! modules; nothing of it is in this one.
 #![no_std]
 #![no_main]
 // The atomic add of the shared hit counters (`maps::count_rule_hit`).
@@ -14,32 +16,14 @@
 mod judge;
 mod maps;
 mod parse;
+mod run;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 /// Entry point, attached to every filtered interface.
 #[xdp]
 pub fn apifence(ctx: XdpContext) -> u32 {
-    let slot = maps::active_slot();
-    let class = parse::classify(&ctx);
-    let outcome = judge::judge(slot, &class);
-    if judge::reports_denial(&outcome, &class) {
-        maps::report_denied(|| judge::deny_event(&outcome, &class, &ctx));
-    }
-    record(&outcome)
-}
-
-/// Counts `outcome` in the per-CPU counters and returns its XDP action.
-#[inline(always)]
-fn record(outcome: &judge::Outcome) -> u32 {
-    maps::count(outcome.counter);
-    if outcome.malformed {
-        maps::count(filter_common::COUNTER_MALFORMED);
-    }
-    if let Some(rule) = outcome.rule {
-        maps::count_rule_hit(rule);
-    }
-    outcome.action
+    run::filter::<()>(&ctx)
 }
 
 #[cfg(not(test))]

@@ -36,6 +36,25 @@ pub const MAX_IPV6_EXT_HEADERS: usize = 8;
 /// No header starts beyond this offset: larger offsets mean "port unreadable".
 const MAX_L4_OFFSET: usize = 4096;
 
+/// What the parser walked through, told to the verdict trace (`crate::trace`). The production
+/// program passes `()`, whose methods are empty, so its code is the same as without this.
+pub trait Walk {
+    /// One VLAN tag.
+    #[inline(always)]
+    fn vlan_tag(&mut self) {}
+    /// An IPv4 header with options.
+    #[inline(always)]
+    fn ipv4_options(&mut self) {}
+    /// One IPv6 extension header (fragment headers included).
+    #[inline(always)]
+    fn ipv6_extension(&mut self) {}
+    /// A non-first fragment: there is no TCP header to read the port from.
+    #[inline(always)]
+    fn later_fragment(&mut self) {}
+}
+
+impl Walk for () {}
+
 /// A packet's source address.
 #[derive(Clone, Copy)]
 pub enum Source {
@@ -87,9 +106,9 @@ impl Cursor {
     }
 }
 
-/// Classifies the frame in `ctx`.
+/// Classifies the frame in `ctx`, telling `walk` the way.
 #[inline(always)]
-pub fn classify(ctx: &XdpContext) -> Class {
+pub fn classify(ctx: &XdpContext, walk: &mut impl Walk) -> Class {
     let cursor = Cursor {
         start: ctx.data(),
         end: ctx.data_end(),
@@ -106,12 +125,13 @@ pub fn classify(ctx: &XdpContext) -> Class {
         let Some(tag) = cursor.read::<VlanHdr>(offset) else {
             return Class::Malformed;
         };
+        walk.vlan_tag();
         ethertype = tag.ether_type;
         offset += VlanHdr::LEN;
     }
     match ethertype {
-        ETHERTYPE_IPV4 => classify_ipv4(&cursor, offset),
-        ETHERTYPE_IPV6 => classify_ipv6(&cursor, offset),
+        ETHERTYPE_IPV4 => classify_ipv4(&cursor, offset, walk),
+        ETHERTYPE_IPV6 => classify_ipv6(&cursor, offset, walk),
         // A third tag: the parser can't see what is inside, so it is not let through unjudged.
         ETHERTYPE_VLAN | ETHERTYPE_QINQ => Class::Malformed,
         _ => Class::Unfiltered,
@@ -119,7 +139,7 @@ pub fn classify(ctx: &XdpContext) -> Class {
 }
 
 #[inline(always)]
-fn classify_ipv4(cursor: &Cursor, ip: usize) -> Class {
+fn classify_ipv4(cursor: &Cursor, ip: usize, walk: &mut impl Walk) -> Class {
     let Some(header) = cursor.read::<Ipv4Hdr>(ip) else {
         return Class::Malformed;
     };
@@ -137,8 +157,12 @@ fn classify_ipv4(cursor: &Cursor, ip: usize) -> Class {
     if header.proto != IPPROTO_TCP {
         return Class::Unfiltered;
     }
+    if header_len > Ipv4Hdr::LEN {
+        walk.ipv4_options();
+    }
     let source = Source::V4(header.src_addr);
     let port = if header.frag_offset() != 0 {
+        walk.later_fragment();
         None
     } else {
         cursor.tcp_dest_port(ip + header_len)
@@ -147,7 +171,7 @@ fn classify_ipv4(cursor: &Cursor, ip: usize) -> Class {
 }
 
 #[inline(always)]
-fn classify_ipv6(cursor: &Cursor, ip: usize) -> Class {
+fn classify_ipv6(cursor: &Cursor, ip: usize, walk: &mut impl Walk) -> Class {
     let Some(header) = cursor.read::<Ipv6Hdr>(ip) else {
         return Class::Malformed;
     };
@@ -166,6 +190,7 @@ fn classify_ipv6(cursor: &Cursor, ip: usize) -> Class {
                 };
             }
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_AUTH => {
+                walk.ipv6_extension();
                 // Every extension header starts with its next header and its length.
                 let Some([following, len]) = cursor.read::<[u8; 2]>(offset) else {
                     return Class::Malformed;
@@ -180,12 +205,14 @@ fn classify_ipv6(cursor: &Cursor, ip: usize) -> Class {
                 next = following;
             }
             IPV6_FRAGMENT => {
+                walk.ipv6_extension();
                 let Some(fragment) = cursor.read::<[u8; IPV6_FRAGMENT_LEN]>(offset) else {
                     return Class::Malformed;
                 };
                 next = fragment[0];
                 let fragment_offset = u16::from_be_bytes([fragment[2], fragment[3]]) >> 3;
                 if fragment_offset != 0 {
+                    walk.later_fragment();
                     // Later fragments carry no L4 header: judge them unless they are surely
                     // not TCP.
                     return if next == IPPROTO_TCP || is_extension(next) {

@@ -69,3 +69,59 @@ fn verifier_figures_are_read_back_and_within_limits() {
         xlated / INSN_BYTES,
     );
 }
+
+/// The verdict-trace program (`apifence trace`) loads next to the pinned filter on this kernel
+/// (aya-log's ring buffer needs 5.8+) and stays far below the verifier's limit; its figures go
+/// to the log next to the filter's (`cargo xtask vm-test` runs this on every kernel).
+#[test]
+fn trace_program_loads_next_to_the_pins_within_limits() {
+    if !require_privileges("trace_program_loads_next_to_the_pins_within_limits") {
+        return;
+    }
+    use apifence::kernel::{
+        attach::{Instance, embedded_program, load_next_to_pins},
+        trace::trace_filter,
+    };
+    let bpffs = Bpffs::new().expect("mount a private bpffs");
+    let layout = PinLayout::new(bpffs.path());
+    let policy = Policy {
+        ranges: "198.51.100.0/24, 2001:db8::/32".into(),
+        ..Policy::default()
+    };
+    let _program = support::load(&layout, policy);
+    let source = "198.51.100.0/24".parse().expect("prefix");
+    let mut ebpf = load_next_to_pins(&layout, Instance::Trace(trace_filter(Some(source))))
+        .expect("the trace program loads next to the pinned filter");
+    let trace = embedded_program(&mut ebpf, filter_common::TRACE_PROGRAM_NAME).expect("program");
+    let info = trace.info().expect("trace program info");
+    assert_eq!(info.name_as_str(), Some("apifence_trace"), "program name");
+    let production = ProgramInfo::from_pin(layout.program()).expect("pinned program info");
+    assert_ne!(
+        info.id(),
+        production.id(),
+        "a second program, not the pinned one"
+    );
+    let xlated = info.size_translated().expect("xlated size") / INSN_BYTES;
+    let production_xlated = production.size_translated().expect("xlated size") / INSN_BYTES;
+    assert!(
+        xlated > production_xlated,
+        "the trace program ({xlated} insns) holds the filter ({production_xlated} insns) and more"
+    );
+    let processed = info.verified_instruction_count();
+    // Measured: 42,262 on 6.18, 40,633 on 6.12, but 295,687 on 6.1, whose verifier prunes the
+    // aya-log record's many argument paths less well (the filter: about 24,000 on all three).
+    // Half the limit leaves room and still catches a change that doubles it.
+    if let Some(processed) = processed {
+        assert!(
+            processed < VERIFIER_LIMIT / 2,
+            "the verifier processed {processed} instructions of the trace program, too close to \
+             its limit {VERIFIER_LIMIT}"
+        );
+    }
+    println!(
+        "trace program figures: processed_insns={} xlated_insns={xlated} jited_bytes={} \
+         (filter: xlated_insns={production_xlated})",
+        processed.map_or_else(|| "n/a".to_owned(), |p| p.to_string()),
+        info.size_jitted(),
+    );
+}

@@ -73,6 +73,12 @@ pub fn run(context: &Context, args: AttachArgs) -> Result<()> {
             .transpose()?,
     };
     let report = operations::attach(&context.layout, &options)?;
+    for interface in &report.trace_restored {
+        eprintln!(
+            "warning: {interface} still ran the trace program of an `apifence trace` that ended \
+             without putting the filter back (it kept enforcing); the filter runs there again"
+        );
+    }
     if !report.attached.is_empty() {
         super::output::mark_applied();
     }

@@ -29,6 +29,7 @@ mod reload;
 pub mod remote;
 mod stats;
 mod status;
+mod trace;
 
 /// How the CLI and the daemon share the work, shown in `apifence --help`.
 const DAEMON_NOTE: &str = "With an apifence daemon running (apifence daemon --config FILE), \
@@ -92,6 +93,10 @@ pub enum Command {
     /// Sources the filter denied recently (from the daemon's deny log), most packets first.
     #[command(after_help = denied::HELP)]
     Denied(denied::DeniedArgs),
+    /// Why was this client dropped? One line per packet from a source: parse path, port,
+    /// lookup, rule, verdict.
+    #[command(after_help = trace::HELP)]
+    Trace(trace::TraceArgs),
     /// The cluster's list in etcd, which every host's daemon follows (ranges_from = "etcd").
     #[command(after_help = fleet::HELP)]
     Fleet(Box<fleet::FleetArgs>),
@@ -126,6 +131,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status(args) => status::run(&context, &args),
         Command::Reload => reload::run(&context),
         Command::Denied(args) => denied::run(&context, &args),
+        Command::Trace(args) => trace::run(&context, &args),
         Command::Fleet(args) => fleet::run(*args),
     }
 }

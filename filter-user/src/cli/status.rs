@@ -6,7 +6,7 @@ use clap::Args;
 use super::{Context, no_daemon, remote};
 use crate::{
     daemon::protocol::{Reply, Request},
-    kernel::attach,
+    kernel::{attach, trace},
 };
 
 /// Shown after `apifence status --help`.
@@ -38,6 +38,19 @@ pub fn run(context: &Context, args: &StatusArgs) -> Result<()> {
         }
         Some(other) => Err(remote::unexpected(&context.socket, &other)),
         None => {
+            let found = trace::restore_abandoned(&context.layout)?;
+            for interface in &found.restored {
+                eprintln!(
+                    "warning: {interface} still ran the trace program of an `apifence trace` \
+                     that ended without putting the filter back (it kept enforcing); the filter \
+                     runs there again"
+                );
+            }
+            if found.trace_running {
+                crate::outln!(
+                    "an `apifence trace` is running (its trace program filters the links)"
+                );
+            }
             let stale = attach::stale_interfaces(&context.layout);
             for name in attach::attached_interfaces(&context.layout) {
                 match attach::liveness(&context.layout, &name) {

@@ -562,9 +562,31 @@ impl Engine {
             return;
         }
         self.warned_gone = false;
+        self.restore_abandoned_trace();
         self.repair_stale();
         self.attach_missing(false);
         self.bypass_log.check(&self.layout);
+    }
+
+    /// Puts the filter back on links that still run the trace program of an `apifence trace`
+    /// that died (they kept enforcing, with the same maps and verdicts; only the tracing
+    /// stops). Runs on every tick; a running trace is left alone.
+    fn restore_abandoned_trace(&self) {
+        match crate::kernel::trace::restore_abandoned(&self.layout) {
+            Ok(found) => {
+                for interface in found.restored {
+                    warn!(
+                        interface = %interface,
+                        "the interface still ran the trace program of an `apifence trace` that \
+                         ended without putting the filter back; the filter runs there again"
+                    );
+                }
+            }
+            Err(e) => error!(
+                error = %ErrorChain(&e),
+                "could not check the links for a trace program left by `apifence trace`"
+            ),
+        }
     }
 
     /// Re-attaches every configured interface whose attachment is stale (the interface was

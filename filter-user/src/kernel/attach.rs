@@ -8,16 +8,17 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use filter_common::{
-    ALL_MAPS, GLOBAL_LOOKUP, MAP_RULE_HITS, MAP_TABLE_CHUNKS, MAP_TABLE_ENTRIES,
-    MAP_TABLE_V4_FILTER, MAP_V4_SLOT0, MAP_V4_SLOT1, MAP_V6_SLOT0, MAP_V6_SLOT1, PROGRAM_NAME,
-    TABLE_ELEMENTS_UNUSED, rule_capacity, table_chunks_per_slot, table_entries_per_slot,
+    ALL_MAPS, GLOBAL_LOOKUP, GLOBAL_TRACE_FILTER, MAP_RULE_HITS, MAP_TABLE_CHUNKS,
+    MAP_TABLE_ENTRIES, MAP_TABLE_V4_FILTER, MAP_V4_SLOT0, MAP_V4_SLOT1, MAP_V6_SLOT0, MAP_V6_SLOT1,
+    PROGRAM_NAME, TABLE_ELEMENTS_UNUSED, TRACE_PROGRAM_NAME, TraceFilter, rule_capacity,
+    table_chunks_per_slot, table_entries_per_slot,
 };
 
 use crate::{
     kernel::{
         names::{NameError, check_interface},
         paths::PinLayout,
-        program::OBJECT,
+        program::{OBJECT, TRACE_OBJECT},
         table_maps::lookup_of_pins,
     },
     policy::{AttachedMode, Lookup, XdpModeChoice},
@@ -88,11 +89,45 @@ pub fn is_loaded(layout: &PinLayout) -> bool {
     layout.program().exists()
 }
 
+/// Which program of the embedded object is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Instance {
+    /// The filter ([`PROGRAM_NAME`]): pinned and attached.
+    Production,
+    /// The same filter that also reports the verdicts on the sources `TraceFilter` selects
+    /// ([`TRACE_PROGRAM_NAME`] of [`TRACE_OBJECT`]): swapped in for a while by `apifence trace`,
+    /// never pinned.
+    Trace(TraceFilter),
+}
+
+impl Instance {
+    /// The embedded object holding its program.
+    pub fn object(self) -> &'static [u8] {
+        match self {
+            Instance::Production => OBJECT,
+            Instance::Trace(_) => TRACE_OBJECT,
+        }
+    }
+
+    /// Its program's name in the object file.
+    pub fn program_name(self) -> &'static str {
+        match self {
+            Instance::Production => PROGRAM_NAME,
+            Instance::Trace(_) => TRACE_PROGRAM_NAME,
+        }
+    }
+}
+
 /// Loads the embedded object with tries of `capacity` prefixes per family and the compiled
 /// table sized for it (or, for the LPM-trie lookup, table maps of one element), reusing the
-/// maps pinned under `layout` (creating and pinning those that are missing), and loads its
-/// XDP program into the kernel (not pinned, not attached) with `lookup` selected.
-fn load_embedded(layout: &PinLayout, capacity: u32, lookup: Lookup) -> Result<Ebpf, AttachError> {
+/// maps pinned under `layout` (creating and pinning those that are missing), and loads the
+/// XDP program of `instance` into the kernel (not pinned, not attached) with `lookup` selected.
+fn load_embedded(
+    layout: &PinLayout,
+    capacity: u32,
+    lookup: Lookup,
+    instance: Instance,
+) -> Result<Ebpf, AttachError> {
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(layout.root());
     for trie in [MAP_V4_SLOT0, MAP_V4_SLOT1, MAP_V6_SLOT0, MAP_V6_SLOT1] {
@@ -114,18 +149,24 @@ fn load_embedded(layout: &PinLayout, capacity: u32, lookup: Lookup) -> Result<Eb
     }
     let global = lookup.global();
     loader.override_global(GLOBAL_LOOKUP, &global, true);
-    let mut ebpf = loader.load(OBJECT).map_err(AttachError::Load)?;
-    embedded_program(&mut ebpf)?
+    if let Instance::Trace(filter) = &instance {
+        loader.override_global(GLOBAL_TRACE_FILTER, filter, true);
+    }
+    let mut ebpf = loader.load(instance.object()).map_err(AttachError::Load)?;
+    embedded_program(&mut ebpf, instance.program_name())?
         .load()
-        .map_err(program_error("loading the program into the kernel".into()))?;
+        .map_err(program_error(format!(
+            "loading the program {} into the kernel",
+            instance.program_name()
+        )))?;
     Ok(ebpf)
 }
 
-/// The XDP program of the embedded object.
-fn embedded_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, AttachError> {
-    ebpf.program_mut(PROGRAM_NAME)
+/// The XDP program called `name` of the embedded object.
+pub fn embedded_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, AttachError> {
+    ebpf.program_mut(name)
         .ok_or_else(|| AttachError::Program {
-            action: format!("finding program {PROGRAM_NAME} in the object file"),
+            action: format!("finding program {name} in the object file"),
             source: ProgramError::AlreadyLoaded,
         })?
         .try_into()
@@ -136,8 +177,8 @@ fn embedded_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, AttachError> {
 /// half-finished earlier attach loses nothing), pinning program and maps under `layout`.
 /// `capacity` sizes the tries and tables of a fresh load; `lookup` selects the lookup.
 pub fn load_and_pin(layout: &PinLayout, capacity: u32, lookup: Lookup) -> Result<(), AttachError> {
-    let mut ebpf = load_embedded(layout, capacity, lookup)?;
-    let program = embedded_program(&mut ebpf)?;
+    let mut ebpf = load_embedded(layout, capacity, lookup, Instance::Production)?;
+    let program = embedded_program(&mut ebpf, PROGRAM_NAME)?;
     program
         .pin(layout.program())
         .map_err(pin_failure("pinning the program at", layout.program()))?;
@@ -406,6 +447,66 @@ pub fn remove_all_pins(layout: &PinLayout) -> Result<(), AttachError> {
     Ok(())
 }
 
+/// Loads `instance` of the embedded program next to the pinned one: the same capacity and
+/// lookup, reusing every pinned map (not pinned itself, not attached).
+pub fn load_next_to_pins(layout: &PinLayout, instance: Instance) -> Result<Ebpf, AttachError> {
+    let capacity = aya::maps::MapData::from_pin(layout.map(MAP_V4_SLOT0))
+        .and_then(|map| map.info())
+        .map(|info| info.max_entries())
+        .map_err(pin_failure(
+            "reading the capacity of",
+            layout.map(MAP_V4_SLOT0),
+        ))?;
+    let lookup = lookup_of_pins(layout).map_err(|source| AttachError::Pin {
+        action: "reading which lookup the maps were made for from",
+        path: layout.map(MAP_TABLE_CHUNKS),
+        source: std::io::Error::other(source),
+    })?;
+    load_embedded(layout, capacity, lookup, instance)
+}
+
+/// Makes `interface`'s pinned link run `new` instead of `expected` (`bpf_link_update` with
+/// `BPF_F_REPLACE`): atomically, no packet goes unfiltered, and only if the link still runs
+/// `expected` (it fails with `EPERM` otherwise, so a program someone else put there stays).
+pub fn swap_program(
+    layout: &PinLayout,
+    interface: &str,
+    new: std::os::fd::BorrowedFd<'_>,
+    expected: std::os::fd::BorrowedFd<'_>,
+) -> Result<(), AttachError> {
+    use std::os::fd::AsRawFd;
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+    const BPF_F_REPLACE: u32 = 4;
+    check_interface(interface)?;
+    let path = layout.link(interface);
+    let link = open_pinned(&path).map_err(pin_error("opening the link pinned at", path.clone()))?;
+    // union bpf_attr for BPF_LINK_UPDATE: { u32 link_fd; u32 new_prog_fd; u32 flags;
+    // u32 old_prog_fd; }.
+    let update = [
+        link.as_raw_fd() as u32,
+        new.as_raw_fd() as u32,
+        BPF_F_REPLACE,
+        expected.as_raw_fd() as u32,
+        0,
+        0,
+        0,
+        0,
+    ];
+    // SAFETY: `update` is a zero-padded bpf_attr naming open link and program descriptors.
+    unsafe { bpf(BPF_LINK_UPDATE, &update) }
+        .map(drop)
+        .map_err(pin_error(
+            "swapping the program of the link pinned at",
+            path,
+        ))
+}
+
+/// A descriptor of the pinned production program.
+pub fn pinned_program_fd(layout: &PinLayout) -> Result<std::os::fd::OwnedFd, AttachError> {
+    open_pinned(&layout.program())
+        .map_err(pin_error("opening the program pinned at", layout.program()))
+}
+
 /// What [`replace_program`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Replacement {
@@ -432,27 +533,12 @@ pub enum Replacement {
 /// atomically, with no packet unfiltered. On error, links already updated keep the new
 /// program; the others keep the old one (both read the same maps).
 pub fn replace_program(layout: &PinLayout, force: bool) -> Result<Replacement, AttachError> {
-    use aya::{
-        maps::MapData,
-        programs::{ProgramInfo, links::PinnedLink, xdp::XdpLink},
-    };
+    use aya::programs::{ProgramInfo, links::PinnedLink, xdp::XdpLink};
 
     let old = ProgramInfo::from_pin(layout.program())
         .map_err(program_error("reading the pinned program".into()))?;
-    let capacity = MapData::from_pin(layout.map(MAP_V4_SLOT0))
-        .and_then(|map| map.info())
-        .map(|info| info.max_entries())
-        .map_err(pin_failure(
-            "reading the capacity of",
-            layout.map(MAP_V4_SLOT0),
-        ))?;
-    let lookup = lookup_of_pins(layout).map_err(|source| AttachError::Pin {
-        action: "reading which lookup the maps were made for from",
-        path: layout.map(MAP_TABLE_CHUNKS),
-        source: std::io::Error::other(source),
-    })?;
-    let mut ebpf = load_embedded(layout, capacity, lookup)?;
-    let program = embedded_program(&mut ebpf)?;
+    let mut ebpf = load_next_to_pins(layout, Instance::Production)?;
+    let program = embedded_program(&mut ebpf, PROGRAM_NAME)?;
     let new = program
         .info()
         .map_err(program_error("reading the new program".into()))?;

@@ -3,7 +3,8 @@
 //! the pin directory, [`maps`] reads and writes the pinned maps, [`attach`] loads the program
 //! and links it to interfaces, [`grace_period`] waits until no packet still reads an old slot,
 //! [`netns`] enters a named network namespace, [`names`] checks interface and namespace names,
-//! [`interfaces`] lists the namespace's interfaces for the bypass report,
+//! [`interfaces`] lists the namespace's interfaces for the bypass report, [`trace`] swaps the
+//! verdict-trace program in and out and reads its records,
 //! and [`operations`] is the filter as a whole, which the CLI and the daemon drive.
 pub mod attach;
 pub mod bpffs;
@@ -17,3 +18,4 @@ pub mod operations;
 pub mod paths;
 pub mod program;
 pub mod table_maps;
+pub mod trace;

@@ -10,6 +10,7 @@ use std::{
 use filter_common::{
     COUNTER_DENY_EVENTS_SUPPRESSED, COUNTER_DROPPED, COUNTER_MALFORMED, COUNTER_PASSED_AUTHORIZED,
     COUNTER_PASSED_DISABLED, COUNTER_PASSED_UNPROTECTED, COUNTER_WOULD_DROP, DEFAULT_CAPACITY,
+    RuleId,
 };
 use ipnet::IpNet;
 use serde::Serialize;
@@ -109,6 +110,9 @@ pub enum FilterError {
         /// The socket that did not answer.
         socket: String,
     },
+    /// Restoring the filter a dead `apifence trace` left.
+    #[error(transparent)]
+    Trace(#[from] crate::kernel::trace::TraceError),
     /// A capacity of zero.
     #[error(
         "--capacity must be at least 1 (prefixes per address family); the default is {DEFAULT_CAPACITY}"
@@ -268,6 +272,14 @@ impl Filter {
         }))
     }
 
+    /// The compiled prefixes of `slot` with their rule ids.
+    pub fn rules(&self, slot: u32) -> Result<std::collections::BTreeMap<IpNet, RuleId>> {
+        Ok(match self.slot_contents(slot)? {
+            Some(contents) => contents.entries,
+            None => self.maps.rule_ids(slot)?,
+        })
+    }
+
     /// The lookup the program uses.
     pub fn lookup(&self) -> Lookup {
         self.maps.lookup()
@@ -372,11 +384,7 @@ impl Filter {
             parse_authorized(&record.policy.ranges).map_err(|e| FilterError::Compile(e.into()))?;
         let granted: BTreeSet<IpNet> = merge(list.entries()).into_iter().collect();
         let mut ranges = Vec::new();
-        let entries = match self.slot_contents(slot)? {
-            Some(contents) => contents.entries,
-            None => self.maps.rule_ids(slot)?,
-        };
-        for (prefix, id) in entries {
+        for (prefix, id) in self.rules(slot)? {
             ranges.push(RangeHits {
                 range: prefix.to_string(),
                 hits: self.maps.hits(id)?,
@@ -427,6 +435,9 @@ pub struct AttachReport {
     /// Interfaces whose attachment was stale (the interface was deleted and created again)
     /// and that were attached again now (also in `attached`).
     pub repaired: Vec<String>,
+    /// Interfaces that still ran the trace program of an `apifence trace` that ended without
+    /// putting the filter back, and run the filter again now.
+    pub trace_restored: Vec<String>,
 }
 
 /// Attaches the filter to `options.interfaces`, loading and pinning it first when nothing is
@@ -438,7 +449,10 @@ pub fn attach(layout: &PinLayout, options: &AttachOptions) -> Result<AttachRepor
     }
     let mounted = bpffs::ensure_bpffs_dir(layout.root())?;
     let _lock = DirLock::acquire(layout.root())?;
-    let mut report = AttachReport::default();
+    let mut report = AttachReport {
+        trace_restored: crate::kernel::trace::restore_abandoned(layout)?.restored,
+        ..AttachReport::default()
+    };
     if !attach::is_loaded(layout) {
         attach::load_and_pin(
             layout,
