@@ -1,11 +1,12 @@
-//! Frame parsing: Ethernet, up to two VLAN tags, IPv4 (real header length) or IPv6 (a bounded
-//! walk over extension headers), then the TCP destination port. Headers are `network-types`'
-//! structs (the aya ecosystem's); the IPv6 extension and fragment headers, which it has no
-//! structs for, are read as bytes. Every read goes through [`Cursor::read`], which checks the
-//! frame end; offsets are capped by [`MAX_L4_OFFSET`] so the verifier can bound them.
+//! Frame parsing: Ethernet and up to two VLAN tags (or, on L3 devices, nothing: the frame starts
+//! at the IP header, see [`FRAMING`]), IPv4 (real header length) or IPv6 (a bounded walk over
+//! extension headers), then the TCP destination port. Headers are `network-types`' structs (the
+//! aya ecosystem's); the IPv6 extension and fragment headers, which it has no structs for, are
+//! read as bytes. Every read goes through [`Cursor::read`], which checks the frame end; offsets
+//! are capped by [`MAX_L4_OFFSET`] so the verifier can bound them.
 
 use aya_ebpf::programs::XdpContext;
-use filter_common::{Ipv4Bytes, Ipv6Bytes};
+use filter_common::{FRAMING_ETHERNET, FRAMING_IP, Ipv4Bytes, Ipv6Bytes};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::{IpProto, Ipv4Hdr, Ipv6Hdr},
@@ -35,6 +36,20 @@ const TCP_DEST_OFFSET: usize = core::mem::offset_of!(TcpHdr, dest);
 pub const MAX_IPV6_EXT_HEADERS: usize = 8;
 /// No header starts beyond this offset: larger offsets mean "port unreadable".
 const MAX_L4_OFFSET: usize = 4096;
+
+/// Where a frame's headers start (`filter_common::GLOBAL_FRAMING`): a load-time constant in
+/// `.rodata` that the loader sets with `EbpfLoader::set_global`, [`FRAMING_ETHERNET`] for the
+/// instance attached to Ethernet devices, [`FRAMING_IP`] for the one attached to L3 devices. The
+/// verifier knows its value, so the other parse path is pruned as dead code.
+#[unsafe(no_mangle)]
+static FRAMING: u32 = FRAMING_ETHERNET;
+
+/// Whether frames start at the IP header (this instance is for L3 devices).
+#[inline(always)]
+fn ip_framing() -> bool {
+    // SAFETY: reads a plain `u32` static; volatile so the compiler can't fold the default.
+    unsafe { core::ptr::read_volatile(&FRAMING) == FRAMING_IP }
+}
 
 /// A packet's source address.
 #[derive(Clone, Copy)]
@@ -94,6 +109,9 @@ pub fn classify(ctx: &XdpContext) -> Class {
         start: ctx.data(),
         end: ctx.data_end(),
     };
+    if ip_framing() {
+        return classify_ip(&cursor);
+    }
     let Some(eth) = cursor.read::<EthHdr>(0) else {
         return Class::Unfiltered;
     };
@@ -114,6 +132,24 @@ pub fn classify(ctx: &XdpContext) -> Class {
         ETHERTYPE_IPV6 => classify_ipv6(&cursor, offset),
         // A third tag: the parser can't see what is inside, so it is not let through unjudged.
         ETHERTYPE_VLAN | ETHERTYPE_QINQ => Class::Malformed,
+        _ => Class::Unfiltered,
+    }
+}
+
+/// Classifies a frame that starts at the IP header: the version nibble says which. A frame with
+/// another version is not IP: the kernel's IPv4 and IPv6 receive paths drop a packet whose
+/// version is not theirs, so it can't reach TCP (as a non-IP EtherType can't on Ethernet).
+#[inline(always)]
+fn classify_ip(cursor: &Cursor) -> Class {
+    // Two bytes, not one: LLVM turns a one-byte bound at a constant offset into
+    // `data >= data_end`, which the verifier does not take as proof of one readable byte. A
+    // frame of less than two bytes holds no IP header of either version.
+    let Some([first, _]) = cursor.read::<[u8; 2]>(0) else {
+        return Class::Unfiltered;
+    };
+    match first >> 4 {
+        4 => classify_ipv4(cursor, 0),
+        6 => classify_ipv6(cursor, 0),
         _ => Class::Unfiltered,
     }
 }

@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::{
     kernel::attach::{self, AttachError},
     kernel::bpffs::{self, BpffsError, DirLock},
+    kernel::framing::Framing,
     kernel::grace_period::{GracePeriod, GracePeriodError},
     kernel::maps::{FilterMaps, MapsError, SlotContents},
     kernel::paths::PinLayout,
@@ -427,6 +428,9 @@ pub struct AttachReport {
     /// Interfaces whose attachment was stale (the interface was deleted and created again)
     /// and that were attached again now (also in `attached`).
     pub repaired: Vec<String>,
+    /// Interfaces of `attached` that are L3 devices (tun, WireGuard, IPIP), given the program
+    /// instance that parses frames from the IP header.
+    pub ip_framed: Vec<String>,
 }
 
 /// Attaches the filter to `options.interfaces`, loading and pinning it first when nothing is
@@ -531,8 +535,11 @@ fn attach_locked(
                 attach::detach_interface(layout, interface)?;
                 report.repaired.push(interface.clone());
             }
-            let mode = attach::attach_interface(layout, interface, options.xdp_mode)?;
+            let (mode, framing) = attach::attach_interface(layout, interface, options.xdp_mode)?;
             report.attached.push((interface.clone(), mode));
+            if framing == Framing::Ip {
+                report.ip_framed.push(interface.clone());
+            }
             record.attachment.interfaces.insert(interface.clone(), mode);
         }
         filter.apply(&record).map(drop)
