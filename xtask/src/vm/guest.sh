@@ -5,6 +5,7 @@
 # The lab: the guest's own network namespace is the API server (busybox httpd on 6443, protected,
 # and 8080, not), reached over veth pair api0 by namespace `good` (authorized) and over api1 by
 # namespace `bad` (not authorized); apifence filters on api0 and api1, in native then skb mode.
+# Then IPIP tunnels from both namespaces end on L3 devices here, which apifence filters alone.
 
 /bin/busybox --install -s /bin
 export PATH=/usr/sbin:/bin
@@ -41,7 +42,7 @@ load_modules() {
         [ -e "$m" ] || continue
         insmod "$m" || return 1
     done
-    [ -d /sys/module/veth ]
+    [ -d /sys/module/veth ] && [ -d /sys/module/ipip ]
 }
 
 lab() {
@@ -208,6 +209,53 @@ prog_info() {
     [ $rc -eq 0 ] && [ -n "$figures" ]
 }
 
+# ipip_lab: an IPIP tunnel from each client namespace over its veth pair, ending here on ipg
+# (from good, inner 198.19.0.2 -> 198.19.0.1) and ipb (from bad, 198.19.1.2 -> 198.19.1.1). Their
+# link type is ARPHRD_TUNNEL: XDP sees the inner packet from its IP header on.
+ipip_lab() {
+    for side in good:0:g bad:1:b; do
+        ns=${side%%:*}
+        rest=${side#*:}
+        n=${rest%:*}
+        t=${rest#*:}
+        ip link add "ip$t" type ipip local "198.18.$n.1" remote "198.18.$n.2" &&
+            ip addr add "198.19.$n.1" peer "198.19.$n.2" dev "ip$t" &&
+            ip link set "ip$t" up &&
+            ip -n "$ns" link add ipt type ipip local "198.18.$n.2" remote "198.18.$n.1" &&
+            ip -n "$ns" addr add "198.19.$n.2" peer "198.19.$n.1" dev ipt &&
+            ip -n "$ns" link set ipt up || return 1
+    done
+    cat /sys/class/net/ipg/type
+    [ "$(cat /sys/class/net/ipg/type)" = 768 ]
+}
+
+# ipip_attach: auto mode picks skb and the IP-first instance on both tunnel devices.
+ipip_attach() {
+    out=$(apifence attach ipg ipb 2>&1)
+    rc=$?
+    echo "$out"
+    [ $rc -eq 0 ] || return 1
+    [ "$(echo "$out" | grep -c '(skb mode, an L3 device: frames parsed from the IP header)')" -eq 2 ] &&
+        apifence ranges set "198.19.0.0/24"
+}
+
+# ipip_probe WHO PORT WANT: one TCP probe through the tunnel from WHO's inner address.
+ipip_probe() {
+    n=0
+    [ "$1" = bad ] && n=1
+    if probe "$1" "http://198.19.$n.1:$2/"; then got=answered; else got=dropped; fi
+    echo "ipip $1 :$2 $got (want $3)"
+    [ "$got" = "$3" ]
+}
+
+# ipip_stats: the tunnel's drops and authorized packets counted, on the shared maps.
+ipip_stats() {
+    json=$(apifence stats --json) || return 1
+    echo "$json"
+    [ "$(counter "$json" dropped)" -ge 1 ] && [ "$(counter "$json" passed_authorized)" -ge 2 ] &&
+        [ "$(counter "$json" passed_unprotected)" -ge 2 ]
+}
+
 say "KERNEL $(uname -r)"
 check modules load_modules
 check lab lab
@@ -220,6 +268,14 @@ for mode in native skb; do
     check "detach-$mode" apifence detach --all
     check "clean-$mode" nothing_left
 done
+check ipip-lab ipip_lab
+check ipip-attach ipip_attach
+check ipip-good-protected ipip_probe good 6443 answered
+check ipip-bad-protected ipip_probe bad 6443 dropped
+check ipip-bad-unprotected ipip_probe bad 8080 answered
+check ipip-stats ipip_stats
+check ipip-detach apifence detach --all
+check ipip-clean nothing_left
 check verdicts test_binary verdicts
 check prog-info prog_info
 say "DONE $(cut -d ' ' -f 1 /proc/uptime)"
