@@ -51,6 +51,12 @@ fn ip_framing() -> bool {
     unsafe { core::ptr::read_volatile(&FRAMING) == FRAMING_IP }
 }
 
+/// [`Class::Tcp`]'s port when the destination port can't be read: outside `u16`. A plain
+/// integer rather than an `Option<u16>`, whose payload is undefined when `None`: LLVM may then
+/// load it from a stack slot written on one path only, which Linux 5.10's verifier refuses
+/// ("invalid read from stack").
+pub const PORT_UNREADABLE: u32 = 0x1_0000;
+
 /// A packet's source address.
 #[derive(Clone, Copy)]
 pub enum Source {
@@ -64,9 +70,9 @@ pub enum Source {
 pub enum Class {
     /// Not TCP over IP (or not IP at all): never filtered.
     Unfiltered,
-    /// TCP from `source`; `port` is `None` when the destination port can't be read
-    /// (non-first fragment, first fragment too short, extension chain too long).
-    Tcp { source: Source, port: Option<u16> },
+    /// TCP from `source` to destination `port`, which is [`PORT_UNREADABLE`] when the port
+    /// can't be read (non-first fragment, first fragment too short, extension chain too long).
+    Tcp { source: Source, port: u32 },
     /// An IP header that can't be valid (bad version, IHL < 5, truncated).
     Malformed,
 }
@@ -94,11 +100,13 @@ impl Cursor {
         Some(unsafe { core::ptr::read_unaligned(at as *const T) })
     }
 
-    /// The TCP destination port of the TCP header at `offset`.
+    /// The TCP destination port of the TCP header at `offset`, or [`PORT_UNREADABLE`].
     #[inline(always)]
-    fn tcp_dest_port(&self, offset: usize) -> Option<u16> {
-        self.read::<[u8; 2]>(offset + TCP_DEST_OFFSET)
-            .map(u16::from_be_bytes)
+    fn tcp_dest_port(&self, offset: usize) -> u32 {
+        match self.read::<[u8; 2]>(offset + TCP_DEST_OFFSET) {
+            Some(bytes) => u32::from(u16::from_be_bytes(bytes)),
+            None => PORT_UNREADABLE,
+        }
     }
 }
 
@@ -175,7 +183,7 @@ fn classify_ipv4(cursor: &Cursor, ip: usize) -> Class {
     }
     let source = Source::V4(header.src_addr);
     let port = if header.frag_offset() != 0 {
-        None
+        PORT_UNREADABLE
     } else {
         cursor.tcp_dest_port(ip + header_len)
     };
@@ -225,7 +233,10 @@ fn classify_ipv6(cursor: &Cursor, ip: usize) -> Class {
                     // Later fragments carry no L4 header: judge them unless they are surely
                     // not TCP.
                     return if next == IPPROTO_TCP || is_extension(next) {
-                        Class::Tcp { source, port: None }
+                        Class::Tcp {
+                            source,
+                            port: PORT_UNREADABLE,
+                        }
                     } else {
                         Class::Unfiltered
                     };
@@ -242,7 +253,10 @@ fn classify_ipv6(cursor: &Cursor, ip: usize) -> Class {
         }
     } else if is_extension(next) {
         // Chain longer than the bound: the port can't be read, so it counts as protected.
-        Class::Tcp { source, port: None }
+        Class::Tcp {
+            source,
+            port: PORT_UNREADABLE,
+        }
     } else {
         Class::Unfiltered
     }
