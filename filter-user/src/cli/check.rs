@@ -56,13 +56,24 @@ pub fn run(context: &Context, args: &CheckArgs) -> Result<()> {
             .iter()
             .map(|a| format!("{} ({})", a.name, a.kind.name()))
             .collect();
-        let attach: Vec<&str> = open.iter().map(|a| a.name.as_str()).collect();
+        let attach: Vec<&str> = open
+            .iter()
+            .filter(|a| a.attachable)
+            .map(|a| a.name.as_str())
+            .collect();
+        let fix = if attach.is_empty() {
+            "restrict what reaches them or take them down (see each one's reason)".to_owned()
+        } else {
+            format!(
+                "attach to them (`apifence attach {}`), or take down those nothing should arrive \
+                 on",
+                attach.join(" ")
+            )
+        };
         bail!(
-            "{} unfiltered interface(s) could deliver traffic to the protected ports: {}; attach \
-             to them (`apifence attach {}`), or take down those nothing should arrive on{}",
+            "{} unfiltered interface(s) could deliver traffic to the protected ports: {}; {fix}{}",
             open.len(),
             names.join(", "),
-            attach.join(" "),
             l3_note(&open)
         );
     }

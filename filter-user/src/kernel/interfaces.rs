@@ -12,7 +12,11 @@ use std::{
 };
 
 use crate::{
-    kernel::{attach, paths::PinLayout},
+    kernel::{
+        attach,
+        framing::{Framing, link_type_name},
+        paths::PinLayout,
+    },
     policy::bypass::{Interface, LinkKind},
 };
 
@@ -292,6 +296,9 @@ pub fn list(layout: &PinLayout) -> Result<Vec<Interface>, InterfacesError> {
                 lower: raw.link.filter(|l| *l != 0 && *l != raw.index),
                 addresses: addresses.remove(&raw.index).unwrap_or_default(),
                 filtered,
+                unparsable: Framing::of_link_type(raw.hardware_type)
+                    .is_none()
+                    .then(|| format!("link type {}", link_type_name(raw.hardware_type))),
                 name: raw.name,
                 index: raw.index,
             });
