@@ -114,7 +114,7 @@ pub const GLOBAL_FRAMING: &str = "FRAMING";
 /// Ethernet devices (`ARPHRD_ETHER`). The default.
 pub const FRAMING_ETHERNET: u32 = 0;
 /// [`GLOBAL_FRAMING`]: frames start at the IP header, IPv4 or IPv6 as its version nibble says;
-/// for L3 devices (tun, WireGuard, IPIP/SIT/ip6tnl), whose packets have no link-layer header.
+/// for L3 devices (tun, WireGuard: `ARPHRD_NONE`), whose packets have no link-layer header.
 pub const FRAMING_IP: u32 = 1;
 
 /// `max_entries` of [`MAP_TABLE_CHUNKS`] and [`MAP_TABLE_ENTRIES`] when the LPM-trie lookup is

@@ -425,7 +425,7 @@ impl Frame {
     }
 
     /// Renders without the Ethernet header (and tags): the frame starts at the IP header, as XDP
-    /// sees it on an L3 device (tun, WireGuard, IPIP).
+    /// sees it on an L3 device (tun, WireGuard).
     pub fn ip_first(mut self) -> Frame {
         self.link_header = false;
         self

@@ -90,16 +90,15 @@ fn l3_note(open: &[&Assessment]) -> &'static str {
     let gre = open.iter().any(|a| a.kind == LinkKind::Gre);
     match (l3, gre) {
         (true, false) => {
-            " (tun, wireguard and ipip devices have no Ethernet header: apifence attaches its \
-             IP-header parser to them, in skb mode, which --xdp-mode auto picks; sit and ip6tnl \
+            " (tun and wireguard devices have no Ethernet header: apifence attaches its IP-header \
+             parser to them, in skb mode, which --xdp-mode auto picks; ipip, sit and ip6tnl \
              devices are refused, see the README's \"Where to attach\")"
         }
         (_, true) => {
             " (gretap and ip6gretap devices carry Ethernet and are attached like any other; on \
              gre and ip6gre devices XDP's frames start at the outer header, so apifence refuses \
-             them: restrict GRE, IP protocol 47, to known peers or take them down; tun, \
-             wireguard and ipip devices are attached in skb mode; see the README's \"Where to \
-             attach\")"
+             them: restrict GRE, IP protocol 47, to known peers or take them down; tun and \
+             wireguard devices are attached in skb mode; see the README's \"Where to attach\")"
         }
         (false, false) => "",
     }

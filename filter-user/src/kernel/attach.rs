@@ -54,9 +54,8 @@ pub enum AttachError {
     #[error(
         "interface {interface:?} has link type {}, whose frames the filter does not parse \
          (it parses Ethernet devices, ARPHRD_ETHER, and L3 devices whose frames start at the IP \
-         header: tun, WireGuard, ARPHRD_NONE, and IPIP, ARPHRD_TUNNEL); not attached. Filter \
-         the traffic where it enters as Ethernet or IPIP instead (see the README's \"Where to \
-         attach\")",
+         header: tun and WireGuard, ARPHRD_NONE); not attached. Restrict what reaches it (the \
+         tunnel's peers) or take it down (see the README's \"Where to attach\")",
         link_type_name(*.hardware_type)
     )]
     UnsupportedLinkType {

@@ -428,7 +428,7 @@ pub struct AttachReport {
     /// Interfaces whose attachment was stale (the interface was deleted and created again)
     /// and that were attached again now (also in `attached`).
     pub repaired: Vec<String>,
-    /// Interfaces of `attached` that are L3 devices (tun, WireGuard, IPIP), given the program
+    /// Interfaces of `attached` that are L3 devices (tun, WireGuard), given the program
     /// instance that parses frames from the IP header.
     pub ip_framed: Vec<String>,
 }

@@ -5,7 +5,7 @@
 # The lab: the guest's own network namespace is the API server (busybox httpd on 6443, protected,
 # and 8080, not), reached over veth pair api0 by namespace `good` (authorized) and over api1 by
 # namespace `bad` (not authorized); apifence filters on api0 and api1, in native then skb mode.
-# Then IPIP tunnels from both namespaces end on L3 devices here, which apifence filters alone.
+# Then IPIP tunnels from both namespaces end on L3 devices here, which apifence refuses.
 
 /bin/busybox --install -s /bin
 export PATH=/usr/sbin:/bin
@@ -210,8 +210,8 @@ prog_info() {
 }
 
 # ipip_lab: an IPIP tunnel from each client namespace over its veth pair, ending here on ipg
-# (from good, inner 198.19.0.2 -> 198.19.0.1) and ipb (from bad, 198.19.1.2 -> 198.19.1.1). Their
-# link type is ARPHRD_TUNNEL: XDP sees the inner packet from its IP header on.
+# (from good, inner 198.19.0.2 -> 198.19.0.1) and ipb (from bad, 198.19.1.2 -> 198.19.1.1), link
+# type ARPHRD_TUNNEL; the tunnel carries real TCP.
 ipip_lab() {
     for side in good:0:g bad:1:b; do
         ns=${side%%:*}
@@ -226,34 +226,17 @@ ipip_lab() {
             ip -n "$ns" link set ipt up || return 1
     done
     cat /sys/class/net/ipg/type
-    [ "$(cat /sys/class/net/ipg/type)" = 768 ]
+    [ "$(cat /sys/class/net/ipg/type)" = 768 ] && probe bad "http://198.19.1.1:6443/"
 }
 
-# ipip_attach: auto mode picks skb and the IP-first instance on both tunnel devices.
-ipip_attach() {
-    out=$(apifence attach ipg ipb 2>&1)
+# ipip_refused: attaching to an IPIP device is refused, naming it and its link type (on 5.10
+# generic XDP there does not see the inner packet from its IP header), and leaves nothing.
+ipip_refused() {
+    out=$(apifence attach ipg 2>&1)
     rc=$?
     echo "$out"
-    [ $rc -eq 0 ] || return 1
-    [ "$(echo "$out" | grep -c '(skb mode, an L3 device: frames parsed from the IP header)')" -eq 2 ] &&
-        apifence ranges set "198.19.0.0/24"
-}
-
-# ipip_probe WHO PORT WANT: one TCP probe through the tunnel from WHO's inner address.
-ipip_probe() {
-    n=0
-    [ "$1" = bad ] && n=1
-    if probe "$1" "http://198.19.$n.1:$2/"; then got=answered; else got=dropped; fi
-    echo "ipip $1 :$2 $got (want $3)"
-    [ "$got" = "$3" ]
-}
-
-# ipip_stats: the tunnel's drops and authorized packets counted, on the shared maps.
-ipip_stats() {
-    json=$(apifence stats --json) || return 1
-    echo "$json"
-    [ "$(counter "$json" dropped)" -ge 1 ] && [ "$(counter "$json" passed_authorized)" -ge 2 ] &&
-        [ "$(counter "$json" passed_unprotected)" -ge 2 ]
+    [ $rc -ne 0 ] && echo "$out" | grep -q 'interface "ipg" has link type ARPHRD_TUNNEL (768)' &&
+        ! ip link show ipg | grep -q xdp
 }
 
 say "KERNEL $(uname -r)"
@@ -269,12 +252,7 @@ for mode in native skb; do
     check "clean-$mode" nothing_left
 done
 check ipip-lab ipip_lab
-check ipip-attach ipip_attach
-check ipip-good-protected ipip_probe good 6443 answered
-check ipip-bad-protected ipip_probe bad 6443 dropped
-check ipip-bad-unprotected ipip_probe bad 8080 answered
-check ipip-stats ipip_stats
-check ipip-detach apifence detach --all
+check ipip-refused ipip_refused
 check ipip-clean nothing_left
 check verdicts test_binary verdicts
 check prog-info prog_info

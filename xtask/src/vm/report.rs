@@ -28,16 +28,7 @@ pub fn expected_checks() -> Vec<String> {
         checks.push(format!("detach-{mode}"));
         checks.push(format!("clean-{mode}"));
     }
-    for ipip in [
-        "lab",
-        "attach",
-        "good-protected",
-        "bad-protected",
-        "bad-unprotected",
-        "stats",
-        "detach",
-        "clean",
-    ] {
+    for ipip in ["lab", "refused", "clean"] {
         checks.push(format!("ipip-{ipip}"));
     }
     checks.push("verdicts".to_owned());
@@ -267,9 +258,9 @@ mod tests {
     #[test]
     fn expected_checks_cover_both_modes() {
         let checks = expected_checks();
-        assert_eq!(checks.len(), 2 + 8 + 2 * (2 + 8 + 3) + 8 + 1 + 1);
+        assert_eq!(checks.len(), 2 + 8 + 2 * (2 + 8 + 3) + 3 + 1 + 1);
         assert!(checks.contains(&"tcp-skb-v6-bad-protected".to_owned()));
         assert!(checks.contains(&"clean-native".to_owned()));
-        assert!(checks.contains(&"ipip-bad-protected".to_owned()));
+        assert!(checks.contains(&"ipip-refused".to_owned()));
     }
 }
