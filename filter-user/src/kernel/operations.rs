@@ -460,6 +460,9 @@ pub fn attach(layout: &PinLayout, options: &AttachOptions) -> Result<AttachRepor
             let _ = attach::remove_all_pins(layout);
             if mounted {
                 let _ = bpffs::unmount_bpffs(layout.root());
+            } else {
+                // As `detach` leaves it: no empty pin directory behind a refused first attach.
+                let _ = std::fs::remove_dir(layout.root());
             }
         }
     }
