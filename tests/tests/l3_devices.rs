@@ -243,6 +243,26 @@ fn the_daemon_reattaches_a_recreated_tun_device_with_the_ip_first_parser() {
     // With the Ethernet instance these would pass unjudged.
     assert_tunnel_dropped(&lab, v4(TUN_BAD4), API_PORT, "filtered after the re-attach");
     assert_tunnel_connects(&lab, v4(TUN_GOOD4), API_PORT, "still authorized");
+
+    // A restart that replaces the program swaps each instance on its own links.
+    assert!(lab.stop().success());
+    lab.start(&["--replace-program"]);
+    let logs = lab.logs();
+    let replaced_ip = logs.lines().any(|l| {
+        l.contains("replaced the program on the existing links")
+            && (l.contains("framing=\"ip\"") || l.contains("framing=ip"))
+            && l.contains(TUN_API)
+            && !l.contains("api0")
+    });
+    assert!(replaced_ip, "{logs}");
+    assert_tunnel_dropped(
+        &lab,
+        v4(TUN_BAD4),
+        API_PORT,
+        "filtered after the replacement",
+    );
+    lab.assert_dropped(v4(BAD4), API_PORT, "api0 filtered after the replacement");
+    assert_tunnel_connects(&lab, v4(TUN_GOOD4), API_PORT, "still authorized");
 }
 
 #[test]
