@@ -135,6 +135,18 @@ pub const LOOKUP_COMPILED: u32 = 0;
 /// [`GLOBAL_LOOKUP`]: the kernel's LPM tries.
 pub const LOOKUP_LPM_TRIE: u32 = 1;
 
+/// Name of the program's load-time constant (a global `u32` in `.rodata`) that says where a
+/// frame's headers start: [`FRAMING_ETHERNET`] or [`FRAMING_IP`]. One instance of the program is
+/// loaded per framing, both sharing the pinned maps; the verifier sees the value, so the other
+/// parse path is dead code it never walks.
+pub const GLOBAL_FRAMING: &str = "FRAMING";
+/// [`GLOBAL_FRAMING`]: frames start with an Ethernet header (then up to two VLAN tags); for
+/// Ethernet devices (`ARPHRD_ETHER`). The default.
+pub const FRAMING_ETHERNET: u32 = 0;
+/// [`GLOBAL_FRAMING`]: frames start at the IP header, IPv4 or IPv6 as its version nibble says;
+/// for L3 devices (tun, WireGuard: `ARPHRD_NONE`), whose packets have no link-layer header.
+pub const FRAMING_IP: u32 = 1;
+
 /// `max_entries` of [`MAP_TABLE_CHUNKS`] and [`MAP_TABLE_ENTRIES`] when the LPM-trie lookup is
 /// selected: the table is not used, and the pins say which lookup they were made for.
 pub const TABLE_ELEMENTS_UNUSED: u32 = 1;

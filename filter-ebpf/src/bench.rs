@@ -86,8 +86,8 @@ pub fn bench_parse(ctx: XdpContext) -> u32 {
                 parse::Source::V4(addr) => addr.iter().fold(0u8, |acc, b| acc ^ b),
                 parse::Source::V6(addr) => addr.iter().fold(0u8, |acc, b| acc ^ b),
             };
-            match port {
-                Some(port) if folded != 0x5a || port != 1 => xdp_action::XDP_PASS,
+            match u16::try_from(port) {
+                Ok(port) if folded != 0x5a || port != 1 => xdp_action::XDP_PASS,
                 _ => xdp_action::XDP_DROP,
             }
         }

@@ -40,9 +40,9 @@ impl Outcome {
 pub fn judge(slot: u32, class: &Class) -> Outcome {
     let (source, malformed) = match class {
         Class::Unfiltered => return Outcome::pass(COUNTER_PASSED_UNPROTECTED),
-        Class::Tcp {
-            port: Some(port), ..
-        } if !maps::port_protected(slot, *port) => {
+        Class::Tcp { port, .. }
+            if u16::try_from(*port).is_ok_and(|port| !maps::port_protected(slot, port)) =>
+        {
             return Outcome::pass(COUNTER_PASSED_UNPROTECTED);
         }
         Class::Tcp { source, .. } => (Some(*source), false),
@@ -102,7 +102,8 @@ pub fn deny_event(outcome: &Outcome, class: &Class, ctx: &XdpContext) -> Option<
         return None;
     };
     let mut event = DenyEvent {
-        port: port.unwrap_or(0),
+        // 0 when unreadable (`parse::PORT_UNREADABLE`).
+        port: u16::try_from(*port).unwrap_or(0),
         kind,
         // SAFETY: reads a field of the context the kernel passed in.
         ifindex: unsafe { (*ctx.ctx).ingress_ifindex },

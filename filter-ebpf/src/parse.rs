@@ -1,11 +1,12 @@
-//! Frame parsing: Ethernet, up to two VLAN tags, IPv4 (real header length) or IPv6 (a bounded
-//! walk over extension headers), then the TCP destination port. Headers are `network-types`'
-//! structs (the aya ecosystem's); the IPv6 extension and fragment headers, which it has no
-//! structs for, are read as bytes. Every read goes through [`Cursor::read`], which checks the
-//! frame end; offsets are capped by [`MAX_L4_OFFSET`] so the verifier can bound them.
+//! Frame parsing: Ethernet and up to two VLAN tags (or, on L3 devices, nothing: the frame starts
+//! at the IP header, see [`FRAMING`]), IPv4 (real header length) or IPv6 (a bounded walk over
+//! extension headers), then the TCP destination port. Headers are `network-types`' structs (the
+//! aya ecosystem's); the IPv6 extension and fragment headers, which it has no structs for, are
+//! read as bytes. Every read goes through [`Cursor::read`], which checks the frame end; offsets
+//! are capped by [`MAX_L4_OFFSET`] so the verifier can bound them.
 
 use aya_ebpf::programs::XdpContext;
-use filter_common::{Ipv4Bytes, Ipv6Bytes};
+use filter_common::{FRAMING_ETHERNET, FRAMING_IP, Ipv4Bytes, Ipv6Bytes};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::{IpProto, Ipv4Hdr, Ipv6Hdr},
@@ -55,6 +56,26 @@ pub trait Walk {
 
 impl Walk for () {}
 
+/// Where a frame's headers start (`filter_common::GLOBAL_FRAMING`): a load-time constant in
+/// `.rodata` that the loader sets with `EbpfLoader::set_global`, [`FRAMING_ETHERNET`] for the
+/// instance attached to Ethernet devices, [`FRAMING_IP`] for the one attached to L3 devices. The
+/// verifier knows its value, so the other parse path is pruned as dead code.
+#[unsafe(no_mangle)]
+static FRAMING: u32 = FRAMING_ETHERNET;
+
+/// Whether frames start at the IP header (this instance is for L3 devices).
+#[inline(always)]
+fn ip_framing() -> bool {
+    // SAFETY: reads a plain `u32` static; volatile so the compiler can't fold the default.
+    unsafe { core::ptr::read_volatile(&FRAMING) == FRAMING_IP }
+}
+
+/// [`Class::Tcp`]'s port when the destination port can't be read: outside `u16`. A plain
+/// integer rather than an `Option<u16>`, whose payload is undefined when `None`: LLVM may then
+/// load it from a stack slot written on one path only, which Linux 5.10's verifier refuses
+/// ("invalid read from stack").
+pub const PORT_UNREADABLE: u32 = 0x1_0000;
+
 /// A packet's source address.
 #[derive(Clone, Copy)]
 pub enum Source {
@@ -68,9 +89,9 @@ pub enum Source {
 pub enum Class {
     /// Not TCP over IP (or not IP at all): never filtered.
     Unfiltered,
-    /// TCP from `source`; `port` is `None` when the destination port can't be read
-    /// (non-first fragment, first fragment too short, extension chain too long).
-    Tcp { source: Source, port: Option<u16> },
+    /// TCP from `source` to destination `port`, which is [`PORT_UNREADABLE`] when the port
+    /// can't be read (non-first fragment, first fragment too short, extension chain too long).
+    Tcp { source: Source, port: u32 },
     /// An IP header that can't be valid (bad version, IHL < 5, truncated).
     Malformed,
 }
@@ -98,11 +119,13 @@ impl Cursor {
         Some(unsafe { core::ptr::read_unaligned(at as *const T) })
     }
 
-    /// The TCP destination port of the TCP header at `offset`.
+    /// The TCP destination port of the TCP header at `offset`, or [`PORT_UNREADABLE`].
     #[inline(always)]
-    fn tcp_dest_port(&self, offset: usize) -> Option<u16> {
-        self.read::<[u8; 2]>(offset + TCP_DEST_OFFSET)
-            .map(u16::from_be_bytes)
+    fn tcp_dest_port(&self, offset: usize) -> u32 {
+        match self.read::<[u8; 2]>(offset + TCP_DEST_OFFSET) {
+            Some(bytes) => u32::from(u16::from_be_bytes(bytes)),
+            None => PORT_UNREADABLE,
+        }
     }
 }
 
@@ -113,6 +136,9 @@ pub fn classify(ctx: &XdpContext, walk: &mut impl Walk) -> Class {
         start: ctx.data(),
         end: ctx.data_end(),
     };
+    if ip_framing() {
+        return classify_ip(&cursor, walk);
+    }
     let Some(eth) = cursor.read::<EthHdr>(0) else {
         return Class::Unfiltered;
     };
@@ -134,6 +160,24 @@ pub fn classify(ctx: &XdpContext, walk: &mut impl Walk) -> Class {
         ETHERTYPE_IPV6 => classify_ipv6(&cursor, offset, walk),
         // A third tag: the parser can't see what is inside, so it is not let through unjudged.
         ETHERTYPE_VLAN | ETHERTYPE_QINQ => Class::Malformed,
+        _ => Class::Unfiltered,
+    }
+}
+
+/// Classifies a frame that starts at the IP header: the version nibble says which. A frame with
+/// another version is not IP: the kernel's IPv4 and IPv6 receive paths drop a packet whose
+/// version is not theirs, so it can't reach TCP (as a non-IP EtherType can't on Ethernet).
+#[inline(always)]
+fn classify_ip(cursor: &Cursor, walk: &mut impl Walk) -> Class {
+    // Two bytes, not one: LLVM turns a one-byte bound at a constant offset into
+    // `data >= data_end`, which the verifier does not take as proof of one readable byte. A
+    // frame of less than two bytes holds no IP header of either version.
+    let Some([first, _]) = cursor.read::<[u8; 2]>(0) else {
+        return Class::Unfiltered;
+    };
+    match first >> 4 {
+        4 => classify_ipv4(cursor, 0, walk),
+        6 => classify_ipv6(cursor, 0, walk),
         _ => Class::Unfiltered,
     }
 }
@@ -163,7 +207,7 @@ fn classify_ipv4(cursor: &Cursor, ip: usize, walk: &mut impl Walk) -> Class {
     let source = Source::V4(header.src_addr);
     let port = if header.frag_offset() != 0 {
         walk.later_fragment();
-        None
+        PORT_UNREADABLE
     } else {
         cursor.tcp_dest_port(ip + header_len)
     };
@@ -216,7 +260,10 @@ fn classify_ipv6(cursor: &Cursor, ip: usize, walk: &mut impl Walk) -> Class {
                     // Later fragments carry no L4 header: judge them unless they are surely
                     // not TCP.
                     return if next == IPPROTO_TCP || is_extension(next) {
-                        Class::Tcp { source, port: None }
+                        Class::Tcp {
+                            source,
+                            port: PORT_UNREADABLE,
+                        }
                     } else {
                         Class::Unfiltered
                     };
@@ -233,7 +280,10 @@ fn classify_ipv6(cursor: &Cursor, ip: usize, walk: &mut impl Walk) -> Class {
         }
     } else if is_extension(next) {
         // Chain longer than the bound: the port can't be read, so it counts as protected.
-        Class::Tcp { source, port: None }
+        Class::Tcp {
+            source,
+            port: PORT_UNREADABLE,
+        }
     } else {
         Class::Unfiltered
     }

@@ -18,7 +18,7 @@ use filter_common::{
 
 use crate::{
     judge::Outcome,
-    parse::{Class, Source, Walk},
+    parse::{Class, PORT_UNREADABLE, Source, Walk},
     run::Trace,
 };
 
@@ -87,9 +87,10 @@ impl Trace for Path {
             Source::V4([a, b, c, d]) => [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, *a, *b, *c, *d],
             Source::V6(addr) => *addr,
         };
-        let (port, port_read) = match port {
-            Some(port) => (*port, 1u8),
-            None => (0, 0),
+        let (port, port_read) = if *port == PORT_UNREADABLE {
+            (0, 0u8)
+        } else {
+            (*port, 1u8)
         };
         // SAFETY: reads a field of the context the kernel passed in.
         let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };

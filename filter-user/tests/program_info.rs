@@ -80,6 +80,7 @@ fn trace_program_loads_next_to_the_pins_within_limits() {
     }
     use apifence::kernel::{
         attach::{Instance, embedded_program, load_next_to_pins},
+        framing::Framing,
         trace::trace_filter,
     };
     let bpffs = Bpffs::new().expect("mount a private bpffs");
@@ -90,8 +91,12 @@ fn trace_program_loads_next_to_the_pins_within_limits() {
     };
     let _program = support::load(&layout, policy);
     let source = "198.51.100.0/24".parse().expect("prefix");
-    let mut ebpf = load_next_to_pins(&layout, Instance::Trace(trace_filter(Some(source))))
-        .expect("the trace program loads next to the pinned filter");
+    let mut ebpf = load_next_to_pins(
+        &layout,
+        Framing::Ethernet,
+        Instance::Trace(trace_filter(Some(source))),
+    )
+    .expect("the trace program loads next to the pinned filter");
     let trace = embedded_program(&mut ebpf, filter_common::TRACE_PROGRAM_NAME).expect("program");
     let info = trace.info().expect("trace program info");
     assert_eq!(info.name_as_str(), Some("apifence_trace"), "program name");

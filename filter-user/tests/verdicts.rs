@@ -1,10 +1,12 @@
 //! Verdict table: hand-built frames for every parse path run through `BPF_PROG_TEST_RUN`
 //! against the real program and real maps, checking the XDP action and the counters, with
-//! each lookup (the compiled table and the LPM trie).
+//! each lookup (the compiled table and the LPM trie), and for both instances of the program:
+//! Ethernet frames, and frames that start at the IP header (L3 devices).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use apifence::{
+    kernel::framing::Framing,
     kernel::operations::{Filter, Stats},
     policy::{Lookup, Mode, Policy},
 };
@@ -327,6 +329,189 @@ fn verdict_table_enforce_with(lookup: Lookup) {
     for row in &table {
         lab.check(row);
     }
+}
+
+#[test]
+fn verdict_table_ip_first() {
+    if !require_privileges("verdict_table_ip_first") {
+        return;
+    }
+    for lookup in Lookup::ALL {
+        verdict_table_ip_first_with(lookup);
+    }
+}
+
+/// The instance for L3 devices: the same verdicts, with the version nibble choosing the family.
+fn verdict_table_ip_first_with(lookup: Lookup) {
+    use Counted::*;
+    let lab = Lab::framed(Framing::Ip, lookup, policy(RANGES, Mode::Enforce));
+    let ip = |frame: Frame| frame.ip_first();
+    let table = vec![
+        case(
+            "ip-first ipv4 authorized 6443",
+            ip(tcp4(AUTHORIZED, 6443)),
+            XDP_PASS,
+            Authorized,
+        ),
+        case(
+            "ip-first ipv4 stranger 6443",
+            ip(tcp4(STRANGER, 6443)),
+            XDP_DROP,
+            Dropped,
+        ),
+        case(
+            "ip-first ipv4 stranger other port",
+            ip(tcp4(STRANGER, 8080)),
+            XDP_PASS,
+            Unprotected,
+        ),
+        case(
+            "ip-first ipv4 always-allow",
+            ip(tcp4(ALWAYS, 443)),
+            XDP_PASS,
+            Authorized,
+        ),
+        case(
+            "ip-first udp to a protected port",
+            ip(Frame::udp4(STRANGER, API, 6443)),
+            XDP_PASS,
+            Unprotected,
+        ),
+        case(
+            "ip-first ipv4 options stranger",
+            ip(tcp4(STRANGER, 6443).ipv4_options(12)),
+            XDP_DROP,
+            Dropped,
+        ),
+        case(
+            "ip-first ipv4 later fragment stranger",
+            ip(tcp4(STRANGER, 8080).fragment(100, false)),
+            XDP_DROP,
+            Dropped,
+        ),
+        case(
+            "ip-first ipv6 authorized",
+            ip(tcp6(AUTHORIZED6, 6443)),
+            XDP_PASS,
+            Authorized,
+        ),
+        case(
+            "ip-first ipv6 stranger",
+            ip(tcp6(STRANGER6, 6443)),
+            XDP_DROP,
+            Dropped,
+        ),
+        case(
+            "ip-first ipv6 stranger other port",
+            ip(tcp6(STRANGER6, 8080)),
+            XDP_PASS,
+            Unprotected,
+        ),
+        case(
+            "ip-first ipv6 extension chain stranger",
+            ip(tcp6(STRANGER6, 6443)
+                .ext(ExtHeader::hop_by_hop())
+                .ext(ExtHeader::routing())),
+            XDP_DROP,
+            Dropped,
+        ),
+        malformed(
+            "ip-first ipv4 truncated header",
+            ip(tcp4(AUTHORIZED, 6443)).truncate(14),
+            XDP_DROP,
+            Dropped,
+        ),
+        malformed(
+            "ip-first ipv4 IHL < 5",
+            ip(tcp4(AUTHORIZED, 6443).ihl(4)),
+            XDP_DROP,
+            Dropped,
+        ),
+        malformed(
+            "ip-first ipv6 truncated header",
+            ip(tcp6(AUTHORIZED6, 6443)).truncate(30),
+            XDP_DROP,
+            Dropped,
+        ),
+        case(
+            "ip-first ipv4 first fragment too short for the ports",
+            ip(tcp4(STRANGER, 8080).fragment(0, true)).truncate(20 + 2),
+            XDP_DROP,
+            Dropped,
+        ),
+        // The IPv4 and IPv6 receive paths drop a packet whose version is not theirs: it can't
+        // reach TCP, so it is not filtered (as a non-IP EtherType on Ethernet).
+        case(
+            "ip-first version nibble 5",
+            ip(tcp4(STRANGER, 6443).ip_version(5)),
+            XDP_PASS,
+            Unprotected,
+        ),
+        case(
+            "ip-first version nibble 0",
+            ip(tcp6(STRANGER6, 6443).ip_version(0)),
+            XDP_PASS,
+            Unprotected,
+        ),
+        // Cut right after the destination port: still read.
+        case(
+            "ip-first ipv6 stranger cut after the port",
+            ip(tcp6(STRANGER6, 6443)).truncate(40 + 4),
+            XDP_DROP,
+            Dropped,
+        ),
+        // An Ethernet frame on an L3 device starts with a MAC address, not IP (nibble 0).
+        case(
+            "ethernet frame given to the ip-first instance",
+            tcp4(STRANGER, 6443),
+            XDP_PASS,
+            Unprotected,
+        ),
+    ];
+    for row in &table {
+        lab.check(row);
+    }
+
+    // The Ethernet instance, on the same maps, reads an IP-first frame's first bytes as MAC
+    // addresses: nothing to judge. This is why an L3 device needs the other instance.
+    let ethernet = Lab::with_lookup(lookup, policy(RANGES, Mode::Enforce));
+    ethernet.check(&case(
+        "ip-first frame given to the ethernet instance",
+        ip(tcp4(STRANGER, 6443)),
+        XDP_PASS,
+        Unprotected,
+    ));
+}
+
+#[test]
+fn ip_first_monitor_mode_passes_and_counts_would_drop() {
+    if !require_privileges("ip_first_monitor_mode_passes_and_counts_would_drop") {
+        return;
+    }
+    use Counted::*;
+    let lab = Lab::framed(
+        Framing::Ip,
+        Lookup::default(),
+        policy(RANGES, Mode::Monitor),
+    );
+    lab.check(&case(
+        "ip-first stranger",
+        tcp4(STRANGER, 6443).ip_first(),
+        XDP_PASS,
+        WouldDrop,
+    ));
+    lab.check(&case(
+        "ip-first authorized v6",
+        tcp6(AUTHORIZED6, 443).ip_first(),
+        XDP_PASS,
+        Authorized,
+    ));
+    lab.check(&malformed(
+        "ip-first malformed",
+        tcp4(AUTHORIZED, 6443).ihl(3).ip_first(),
+        XDP_PASS,
+        WouldDrop,
+    ));
 }
 
 #[test]

@@ -218,6 +218,8 @@ pub struct Frame {
     ttl: u8,
     payload: usize,
     truncate: Option<usize>,
+    link_header: bool,
+    version: Option<u8>,
 }
 
 impl Frame {
@@ -235,6 +237,8 @@ impl Frame {
             ttl: 64,
             payload: 0,
             truncate: None,
+            link_header: true,
+            version: None,
         }
     }
 
@@ -420,15 +424,32 @@ impl Frame {
         self
     }
 
+    /// Renders without the Ethernet header (and tags): the frame starts at the IP header, as XDP
+    /// sees it on an L3 device (tun, WireGuard).
+    pub fn ip_first(mut self) -> Frame {
+        self.link_header = false;
+        self
+    }
+
+    /// Overrides the version nibble of the IP header without changing what is written.
+    pub fn ip_version(mut self, version: u8) -> Frame {
+        self.version = Some(version & 0x0f);
+        self
+    }
+
     /// Keeps only the first `len` bytes of the rendered frame.
     pub fn truncate(mut self, len: usize) -> Frame {
         self.truncate = Some(len);
         self
     }
 
-    /// Offset of the IP header (after the Ethernet header and tags).
+    /// Offset of the IP header (after the Ethernet header and tags; 0 for [`Frame::ip_first`]).
     pub fn l3_offset(&self) -> usize {
-        ETH_HLEN + VLAN_HLEN * self.vlans.len()
+        if self.link_header {
+            ETH_HLEN + VLAN_HLEN * self.vlans.len()
+        } else {
+            0
+        }
     }
 
     /// Offset of the TCP/UDP header (after IP options or the extension chain).
@@ -460,22 +481,28 @@ impl Frame {
     /// Renders the frame.
     pub fn bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.l4_offset() + self.l4_len());
-        out.extend_from_slice(&self.dst_mac);
-        out.extend_from_slice(&self.src_mac);
-        for &(tpid, vid) in &self.vlans {
-            out.extend_from_slice(&tpid.to_be_bytes());
-            out.extend_from_slice(&vid.to_be_bytes());
+        if self.link_header {
+            out.extend_from_slice(&self.dst_mac);
+            out.extend_from_slice(&self.src_mac);
+            for &(tpid, vid) in &self.vlans {
+                out.extend_from_slice(&tpid.to_be_bytes());
+                out.extend_from_slice(&vid.to_be_bytes());
+            }
+            let inner = match self.l3 {
+                L3::V4 { .. } => ETH_P_IP,
+                L3::V6 { .. } => ETH_P_IPV6,
+            };
+            out.extend_from_slice(&self.ethertype.unwrap_or(inner).to_be_bytes());
         }
-        let inner = match self.l3 {
-            L3::V4 { .. } => ETH_P_IP,
-            L3::V6 { .. } => ETH_P_IPV6,
-        };
-        out.extend_from_slice(&self.ethertype.unwrap_or(inner).to_be_bytes());
         let pseudo = match &self.l3 {
             L3::V4 { .. } => self.write_ipv4(&mut out),
             L3::V6 { .. } => self.write_ipv6(&mut out),
         };
         self.write_l4(pseudo, &mut out);
+        if let Some(version) = self.version {
+            let at = self.l3_offset();
+            out[at] = (version << 4) | (out[at] & 0x0f);
+        }
         if let Some(len) = self.truncate {
             out.truncate(len);
         }
@@ -654,6 +681,37 @@ mod tests {
         assert_eq!(f.l3_offset(), 22);
         assert_eq!(b[22], 0x45);
         assert_eq!(be16(&b, 22 + 20 + 2), 443);
+    }
+
+    #[test]
+    fn ip_first_frames_are_the_ethernet_frame_without_its_header() {
+        let full = Frame::tcp4(SRC4, DST4, 6443).vlan(ETH_P_8021Q, 10).bytes();
+        let f = Frame::tcp4(SRC4, DST4, 6443)
+            .vlan(ETH_P_8021Q, 10)
+            .ip_first();
+        assert_eq!(f.l3_offset(), 0);
+        assert_eq!(f.l4_offset(), 20);
+        assert_eq!(f.bytes(), full[18..]);
+        let v6 = Frame::tcp6(src6(), dst6(), 443).ip_first().bytes();
+        assert_eq!(v6.len(), 40 + 20);
+        assert_eq!(v6[0] >> 4, 6);
+        assert_eq!(be16(&v6, 40 + 2), 443);
+        let cut = Frame::tcp4(SRC4, DST4, 6443)
+            .ip_first()
+            .truncate(14)
+            .bytes();
+        assert_eq!(cut, full[18..32]);
+    }
+
+    #[test]
+    fn the_version_nibble_can_be_overridden() {
+        let b = Frame::tcp4(SRC4, DST4, 6443).ip_version(5).bytes();
+        assert_eq!(b[14], 0x55);
+        let b = Frame::tcp6(src6(), dst6(), 6443)
+            .ip_first()
+            .ip_version(0)
+            .bytes();
+        assert_eq!(b[0], 0x00);
     }
 
     #[test]

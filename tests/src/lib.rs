@@ -11,6 +11,7 @@
 //! - [`stream`]: a numbered-chunk streaming client (loss checks across policy changes);
 //! - [`topology`]: an API server namespace and a client namespace, joined, with servers;
 //! - [`etcd`]: a real etcd cluster in its own namespace (members killed and restarted at will);
+//! - [`tun`]: tun devices (L3, no Ethernet header) and two of them joined by a packet relay;
 //! - [`wait`]: bounded polling;
 //! - [`frame`]: Ethernet/VLAN/IPv4/IPv6/TCP/UDP frame builders.
 //!
@@ -27,6 +28,7 @@ pub mod privileges;
 pub mod stream;
 pub mod tcp;
 pub mod topology;
+pub mod tun;
 pub mod wait;
 
 pub use bpffs::Bpffs;
@@ -37,3 +39,4 @@ pub use privileges::{REQUIRE_ENV, apifence_bin, require_file, require_privileges
 pub use stream::{StreamOptions, StreamReport, stream_chunks};
 pub use tcp::{ConnectError, TcpServer, connect, connect_stream};
 pub use topology::ApiAndClient;
+pub use tun::{TunDevice, TunWire};

@@ -83,14 +83,19 @@ pub fn run(context: &Context, args: AttachArgs) -> Result<()> {
         super::output::mark_applied();
     }
     for (interface, mode) in &report.attached {
+        let l3 = if report.ip_framed.contains(interface) {
+            ", an L3 device: frames parsed from the IP header"
+        } else {
+            ""
+        };
         if report.repaired.contains(interface) {
             crate::outln!(
-                "re-attached to {interface} ({} mode): its earlier attachment was stale (the \
+                "re-attached to {interface} ({} mode{l3}): its earlier attachment was stale (the \
                  interface had been deleted and created again)",
                 mode.as_str()
             );
         } else {
-            crate::outln!("attached to {interface} ({} mode)", mode.as_str());
+            crate::outln!("attached to {interface} ({} mode{l3})", mode.as_str());
         }
     }
     for interface in &report.already {

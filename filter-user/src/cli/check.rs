@@ -56,30 +56,50 @@ pub fn run(context: &Context, args: &CheckArgs) -> Result<()> {
             .iter()
             .map(|a| format!("{} ({})", a.name, a.kind.name()))
             .collect();
-        let attach: Vec<&str> = open.iter().map(|a| a.name.as_str()).collect();
+        let attach: Vec<&str> = open
+            .iter()
+            .filter(|a| a.attachable)
+            .map(|a| a.name.as_str())
+            .collect();
+        let fix = if attach.is_empty() {
+            "restrict what reaches them or take them down (see each one's reason)".to_owned()
+        } else {
+            format!(
+                "attach to them (`apifence attach {}`), or take down those nothing should arrive \
+                 on",
+                attach.join(" ")
+            )
+        };
         bail!(
-            "{} unfiltered interface(s) could deliver traffic to the protected ports: {}; attach \
-             to them (`apifence attach {}`), or take down those nothing should arrive on{}",
+            "{} unfiltered interface(s) could deliver traffic to the protected ports: {}; {fix}{}",
             open.len(),
             names.join(", "),
-            attach.join(" "),
             l3_note(&open)
         );
     }
     Ok(())
 }
 
-/// A note for L3 devices (frames start at the IP header), whose parse path is being added.
+/// A note for L3 devices (frames start at the IP header): which of them apifence attaches to,
+/// and in which mode; and for the tunnels it can't filter.
 fn l3_note(open: &[&Assessment]) -> &'static str {
     use crate::policy::bypass::LinkKind;
-    if open
+    let l3 = open
         .iter()
-        .any(|a| matches!(a.kind, LinkKind::Tun | LinkKind::Wireguard | LinkKind::Ipip))
-    {
-        " (on L3 devices such as tun, wireguard and ipip, whose packets have no Ethernet \
-         header, check that this apifence version parses them: see the README's \"Where to \
-         attach\")"
-    } else {
-        ""
+        .any(|a| matches!(a.kind, LinkKind::Tun | LinkKind::Wireguard | LinkKind::Ipip));
+    let gre = open.iter().any(|a| a.kind == LinkKind::Gre);
+    match (l3, gre) {
+        (true, false) => {
+            " (tun and wireguard devices have no Ethernet header: apifence attaches its IP-header \
+             parser to them, in skb mode, which --xdp-mode auto picks; ipip, sit and ip6tnl \
+             devices are refused, see the README's \"Where to attach\")"
+        }
+        (_, true) => {
+            " (gretap and ip6gretap devices carry Ethernet and are attached like any other; on \
+             gre and ip6gre devices XDP's frames start at the outer header, so apifence refuses \
+             them: restrict GRE, IP protocol 47, to known peers or take them down; tun and \
+             wireguard devices are attached in skb mode; see the README's \"Where to attach\")"
+        }
+        (false, false) => "",
     }
 }

@@ -178,6 +178,12 @@ pub fn run(context: &Context, args: &TraceArgs) -> Result<()> {
              that ended without putting the filter back; restored it first"
         );
     }
+    for interface in session.untraced() {
+        eprintln!(
+            "note: {interface} is not traced: it is an L3 device, whose frames start at the IP \
+             header, and the trace program parses Ethernet frames (it stays filtered)"
+        );
+    }
     eprintln!(
         "tracing {} on {} (the filter keeps enforcing); stops after {} packets, {} s or Ctrl-C",
         source.map_or("every source".to_string(), |s| s.to_string()),

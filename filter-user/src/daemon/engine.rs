@@ -286,19 +286,29 @@ impl Engine {
                 .map_err(FilterError::from)
                 .and_then(|_lock| Ok(attach::replace_program(&self.layout, replace_program)?));
             match replaced {
-                Ok(Replacement::Unchanged { program_id }) => {
-                    info!(program_id, "the pinned program is this version; kept");
+                Ok(instances) => {
+                    for (framing, replacement) in instances {
+                        let framing = framing.name();
+                        match replacement {
+                            Replacement::Unchanged { program_id } => info!(
+                                program_id,
+                                framing, "the pinned program is this version; kept"
+                            ),
+                            Replacement::Replaced {
+                                old_id,
+                                new_id,
+                                interfaces,
+                            } => info!(
+                                old_id,
+                                new_id,
+                                framing,
+                                interfaces = %interfaces.join(","),
+                                "replaced the program on the existing links (bpf_link_update, \
+                                 no gap)"
+                            ),
+                        }
+                    }
                 }
-                Ok(Replacement::Replaced {
-                    old_id,
-                    new_id,
-                    interfaces,
-                }) => info!(
-                    old_id,
-                    new_id,
-                    interfaces = %interfaces.join(","),
-                    "replaced the program on the existing links (bpf_link_update, no gap)"
-                ),
                 Err(e) => error!(
                     error = %ErrorChain(&e),
                     "could not replace the pinned program; the pinned version keeps running"
@@ -432,7 +442,12 @@ impl Engine {
             match operations::attach(&self.layout, &options) {
                 Ok(report) => {
                     for (name, mode) in &report.attached {
-                        info!(interface = %name, xdp_mode = mode.as_str(), "attached");
+                        let framing = if report.ip_framed.contains(name) {
+                            "ip"
+                        } else {
+                            "ethernet"
+                        };
+                        info!(interface = %name, xdp_mode = mode.as_str(), framing, "attached");
                     }
                     self.missing.remove(interface);
                 }
@@ -621,9 +636,15 @@ impl Engine {
             match operations::attach(&self.layout, &options) {
                 Ok(report) if report.repaired.contains(&interface) => {
                     self.telemetry.reattached();
+                    let framing = if report.ip_framed.contains(&interface) {
+                        "ip"
+                    } else {
+                        "ethernet"
+                    };
                     info!(
                         interface = %interface,
                         ifindex,
+                        framing,
                         "re-attached: the interface was deleted and created again"
                     );
                 }

@@ -8,7 +8,7 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use filter_common::{
-    ALL_MAPS, GLOBAL_LOOKUP, GLOBAL_TRACE_FILTER, MAP_RULE_HITS, MAP_TABLE_CHUNKS,
+    ALL_MAPS, GLOBAL_FRAMING, GLOBAL_LOOKUP, GLOBAL_TRACE_FILTER, MAP_RULE_HITS, MAP_TABLE_CHUNKS,
     MAP_TABLE_ENTRIES, MAP_TABLE_V4_FILTER, MAP_V4_SLOT0, MAP_V4_SLOT1, MAP_V6_SLOT0, MAP_V6_SLOT1,
     PROGRAM_NAME, TABLE_ELEMENTS_UNUSED, TRACE_PROGRAM_NAME, TraceFilter, rule_capacity,
     table_chunks_per_slot, table_entries_per_slot,
@@ -16,6 +16,8 @@ use filter_common::{
 
 use crate::{
     kernel::{
+        framing::{Framing, link_type_name},
+        interfaces::{self, InterfacesError},
         names::{NameError, check_interface},
         paths::PinLayout,
         program::{OBJECT, TRACE_OBJECT},
@@ -48,6 +50,30 @@ pub enum AttachError {
     /// Not a possible interface name (checked before it reaches aya or a pin path).
     #[error(transparent)]
     BadName(#[from] NameError),
+    /// The interface's link type is one the program does not parse: attaching would filter
+    /// nothing (or the wrong header), so it is refused.
+    #[error(
+        "interface {interface:?} has link type {}, whose frames the filter does not parse \
+         (it parses Ethernet devices, ARPHRD_ETHER, and L3 devices whose frames start at the IP \
+         header: tun and WireGuard, ARPHRD_NONE); not attached. Restrict what reaches it (the \
+         tunnel's peers) or take it down (see the README's \"Where to attach\")",
+        link_type_name(*.hardware_type)
+    )]
+    UnsupportedLinkType {
+        /// The interface.
+        interface: String,
+        /// Its `ARPHRD_*` link type.
+        hardware_type: u16,
+    },
+    /// The interface's link type could not be read.
+    #[error("reading the link type of {interface:?}")]
+    LinkType {
+        /// The interface.
+        interface: String,
+        /// The rtnetlink failure.
+        #[source]
+        source: InterfacesError,
+    },
     /// Pinning or unpinning failed.
     #[error("{action} {path}: {source}")]
     Pin {
@@ -121,11 +147,13 @@ impl Instance {
 /// Loads the embedded object with tries of `capacity` prefixes per family and the compiled
 /// table sized for it (or, for the LPM-trie lookup, table maps of one element), reusing the
 /// maps pinned under `layout` (creating and pinning those that are missing), and loads the
-/// XDP program of `instance` into the kernel (not pinned, not attached) with `lookup` selected.
+/// XDP program of `instance` into the kernel (not pinned, not attached) with `lookup` selected,
+/// parsing frames as `framing` says they start.
 fn load_embedded(
     layout: &PinLayout,
     capacity: u32,
     lookup: Lookup,
+    framing: Framing,
     instance: Instance,
 ) -> Result<Ebpf, AttachError> {
     let mut loader = EbpfLoader::new();
@@ -149,6 +177,8 @@ fn load_embedded(
     }
     let global = lookup.global();
     loader.override_global(GLOBAL_LOOKUP, &global, true);
+    let framing_global = framing.global();
+    loader.override_global(GLOBAL_FRAMING, &framing_global, true);
     if let Instance::Trace(filter) = &instance {
         loader.override_global(GLOBAL_TRACE_FILTER, filter, true);
     }
@@ -173,11 +203,18 @@ pub fn embedded_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xd
         .map_err(program_error("reading the program".into()))
 }
 
-/// Loads the program and creates its maps (reusing any maps already pinned there, so a
-/// half-finished earlier attach loses nothing), pinning program and maps under `layout`.
-/// `capacity` sizes the tries and tables of a fresh load; `lookup` selects the lookup.
+/// Loads the program (its Ethernet instance) and creates its maps (reusing any maps already
+/// pinned there, so a half-finished earlier attach loses nothing), pinning program and maps
+/// under `layout`. `capacity` sizes the tries and tables of a fresh load; `lookup` selects the
+/// lookup.
 pub fn load_and_pin(layout: &PinLayout, capacity: u32, lookup: Lookup) -> Result<(), AttachError> {
-    let mut ebpf = load_embedded(layout, capacity, lookup, Instance::Production)?;
+    let mut ebpf = load_embedded(
+        layout,
+        capacity,
+        lookup,
+        Framing::Ethernet,
+        Instance::Production,
+    )?;
     let program = embedded_program(&mut ebpf, PROGRAM_NAME)?;
     program
         .pin(layout.program())
@@ -186,14 +223,66 @@ pub fn load_and_pin(layout: &PinLayout, capacity: u32, lookup: Lookup) -> Result
     std::fs::create_dir_all(&links).map_err(pin_error("creating", links))
 }
 
-/// Attaches the pinned program to `interface` and pins the link. Returns the mode used.
+/// The trie capacity and the lookup the maps pinned under `layout` were made for.
+fn pinned_sizing(layout: &PinLayout) -> Result<(u32, Lookup), AttachError> {
+    use aya::maps::MapData;
+    let capacity = MapData::from_pin(layout.map(MAP_V4_SLOT0))
+        .and_then(|map| map.info())
+        .map(|info| info.max_entries())
+        .map_err(pin_failure(
+            "reading the capacity of",
+            layout.map(MAP_V4_SLOT0),
+        ))?;
+    let lookup = lookup_of_pins(layout).map_err(|source| AttachError::Pin {
+        action: "reading which lookup the maps were made for from",
+        path: layout.map(MAP_TABLE_CHUNKS),
+        source: std::io::Error::other(source),
+    })?;
+    Ok((capacity, lookup))
+}
+
+/// Makes sure the instance of the loaded program for `framing` is pinned under `layout`: the
+/// Ethernet one is pinned by [`load_and_pin`]; the IP-first one is loaded (on the maps already
+/// pinned, with their capacity and lookup) and pinned the first time an L3 device is attached.
+pub fn ensure_instance(layout: &PinLayout, framing: Framing) -> Result<(), AttachError> {
+    let path = layout.program_for(framing);
+    if path.exists() {
+        return Ok(());
+    }
+    let (capacity, lookup) = pinned_sizing(layout)?;
+    let mut ebpf = load_embedded(layout, capacity, lookup, framing, Instance::Production)?;
+    embedded_program(&mut ebpf, PROGRAM_NAME)?
+        .pin(&path)
+        .map_err(pin_failure("pinning the program at", path))
+}
+
+/// The framing of `interface`'s frames, from its link type; an interface whose frames the
+/// program does not parse is refused.
+pub fn framing_of(interface: &str) -> Result<Framing, AttachError> {
+    let hardware_type = interfaces::link_type(interface)
+        .map_err(|source| AttachError::LinkType {
+            interface: interface.to_owned(),
+            source,
+        })?
+        .ok_or_else(|| AttachError::UnknownInterface(interface.to_owned()))?;
+    Framing::of_link_type(hardware_type).ok_or_else(|| AttachError::UnsupportedLinkType {
+        interface: interface.to_owned(),
+        hardware_type,
+    })
+}
+
+/// Attaches the pinned program to `interface` and pins the link: the instance for the
+/// interface's framing (loaded and pinned first if needed), refusing link types the program
+/// does not parse. Returns the mode used and the framing.
 pub fn attach_interface(
     layout: &PinLayout,
     interface: &str,
     choice: XdpModeChoice,
-) -> Result<AttachedMode, AttachError> {
+) -> Result<(AttachedMode, Framing), AttachError> {
     check_interface(interface)?;
-    let mut program = Xdp::from_pin(layout.program(), XdpAttachType::Interface)
+    let framing = framing_of(interface)?;
+    ensure_instance(layout, framing)?;
+    let mut program = Xdp::from_pin(layout.program_for(framing), XdpAttachType::Interface)
         .map_err(program_error("opening the pinned program".into()))?;
     let attempt = |program: &mut Xdp, mode: XdpMode| {
         program
@@ -202,7 +291,16 @@ pub fn attach_interface(
     };
     let (link_id, mode) = match choice {
         XdpModeChoice::Native => (
-            attempt(&mut program, XdpMode::Driver)?,
+            program
+                .attach(interface, XdpMode::Driver)
+                .map_err(program_error(match framing {
+                    Framing::Ethernet => format!("attaching to {interface} in native mode"),
+                    // No L3 device driver implements native XDP.
+                    Framing::Ip => format!(
+                        "attaching to {interface} in native mode (an L3 device, whose drivers \
+                         have no native XDP: use --xdp-mode skb or auto)"
+                    ),
+                }))?,
             AttachedMode::Native,
         ),
         XdpModeChoice::Skb => (attempt(&mut program, XdpMode::Skb)?, AttachedMode::Skb),
@@ -231,7 +329,7 @@ pub fn attach_interface(
     fd_link
         .pin(&path)
         .map_err(pin_failure("pinning the link at", path))?;
-    Ok(mode)
+    Ok((mode, framing))
 }
 
 /// Detaches `interface`: detaches its pinned link from the interface right away
@@ -434,7 +532,12 @@ pub fn remove_all_pins(layout: &PinLayout) -> Result<(), AttachError> {
     if links.exists() {
         std::fs::remove_dir(&links).map_err(pin_error("removing", links))?;
     }
-    let mut pins = vec![layout.program()];
+    // The Ethernet instance last: its pin is what marks the filter as loaded.
+    let mut pins: Vec<PathBuf> = Framing::ALL
+        .iter()
+        .rev()
+        .map(|framing| layout.program_for(*framing))
+        .collect();
     pins.extend(ALL_MAPS.iter().map(|name| layout.map(name)));
     for pin in pins {
         match std::fs::remove_file(&pin) {
@@ -447,22 +550,15 @@ pub fn remove_all_pins(layout: &PinLayout) -> Result<(), AttachError> {
     Ok(())
 }
 
-/// Loads `instance` of the embedded program next to the pinned one: the same capacity and
-/// lookup, reusing every pinned map (not pinned itself, not attached).
-pub fn load_next_to_pins(layout: &PinLayout, instance: Instance) -> Result<Ebpf, AttachError> {
-    let capacity = aya::maps::MapData::from_pin(layout.map(MAP_V4_SLOT0))
-        .and_then(|map| map.info())
-        .map(|info| info.max_entries())
-        .map_err(pin_failure(
-            "reading the capacity of",
-            layout.map(MAP_V4_SLOT0),
-        ))?;
-    let lookup = lookup_of_pins(layout).map_err(|source| AttachError::Pin {
-        action: "reading which lookup the maps were made for from",
-        path: layout.map(MAP_TABLE_CHUNKS),
-        source: std::io::Error::other(source),
-    })?;
-    load_embedded(layout, capacity, lookup, instance)
+/// Loads `instance` of the embedded program for `framing` next to the pinned one: the same
+/// capacity and lookup, reusing every pinned map (not pinned itself, not attached).
+pub fn load_next_to_pins(
+    layout: &PinLayout,
+    framing: Framing,
+    instance: Instance,
+) -> Result<Ebpf, AttachError> {
+    let (capacity, lookup) = pinned_sizing(layout)?;
+    load_embedded(layout, capacity, lookup, framing, instance)
 }
 
 /// Makes `interface`'s pinned link run `new` instead of `expected` (`bpf_link_update` with
@@ -507,7 +603,7 @@ pub fn pinned_program_fd(layout: &PinLayout) -> Result<std::os::fd::OwnedFd, Att
         .map_err(pin_error("opening the program pinned at", layout.program()))
 }
 
-/// What [`replace_program`] did.
+/// What [`replace_program`] did to one instance of the program.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Replacement {
     /// The pinned program is the embedded version; nothing changed.
@@ -515,7 +611,7 @@ pub enum Replacement {
         /// Kernel id of the pinned program.
         program_id: u32,
     },
-    /// The embedded program now runs on every pinned link.
+    /// The embedded program now runs on every pinned link of this instance.
     Replaced {
         /// Kernel id of the program that ran before.
         old_id: u32,
@@ -526,18 +622,73 @@ pub enum Replacement {
     },
 }
 
-/// Loads the embedded program next to the pinned one (reusing the pinned maps) and, when it
-/// differs from the pinned program (its kernel tag, a hash of the instructions) or `force` is
-/// set, swaps it in on every pinned link with `bpf_link_update` and pins it in place of the old
-/// one. The links are never detached: each interface goes from the old program to the new one
-/// atomically, with no packet unfiltered. On error, links already updated keep the new
-/// program; the others keep the old one (both read the same maps).
-pub fn replace_program(layout: &PinLayout, force: bool) -> Result<Replacement, AttachError> {
-    use aya::programs::{ProgramInfo, links::PinnedLink, xdp::XdpLink};
+/// For every pinned instance of the program (Ethernet, and IP-first once an L3 device was
+/// attached): loads the embedded program next to the pinned one (reusing the pinned maps) and,
+/// when it differs from the pinned program (its kernel tag, a hash of the instructions) or
+/// `force` is set, swaps it in on the instance's pinned links with `bpf_link_update` and pins it
+/// in place of the old one. A link belongs to the instance whose program it runs (after an
+/// interrupted replacement, to the instance its interface's link type needs). The links are
+/// never detached: each interface goes from the old program to the new one atomically, with no
+/// packet unfiltered. On error, links already updated keep the new program; the others keep the
+/// old one (all read the same maps).
+pub fn replace_program(
+    layout: &PinLayout,
+    force: bool,
+) -> Result<Vec<(Framing, Replacement)>, AttachError> {
+    use aya::programs::ProgramInfo;
 
-    let old = ProgramInfo::from_pin(layout.program())
-        .map_err(program_error("reading the pinned program".into()))?;
-    let mut ebpf = load_next_to_pins(layout, Instance::Production)?;
+    let (capacity, lookup) = pinned_sizing(layout)?;
+    let mut old = Vec::new();
+    for framing in Framing::ALL {
+        if framing == Framing::Ethernet || layout.program_for(framing).exists() {
+            let info = ProgramInfo::from_pin(layout.program_for(framing))
+                .map_err(program_error("reading the pinned program".into()))?;
+            old.push((framing, info));
+        }
+    }
+    // Each link with the instance it belongs to.
+    let mut links_of: Vec<(Framing, String)> = Vec::new();
+    for interface in attached_interfaces(layout) {
+        let runs = link_ids(layout, &interface).map(|(_, program_id)| program_id);
+        let framing = old
+            .iter()
+            .find(|(_, info)| Some(info.id()) == runs)
+            .map(|(framing, _)| *framing)
+            .or_else(|| framing_of(&interface).ok());
+        if let Some(framing) = framing {
+            links_of.push((framing, interface));
+        }
+    }
+    let mut done = Vec::new();
+    for (framing, info) in old {
+        let interfaces: Vec<String> = links_of
+            .iter()
+            .filter(|(f, _)| *f == framing)
+            .map(|(_, interface)| interface.clone())
+            .collect();
+        let replaced = replace_instance(
+            layout,
+            (capacity, lookup, framing),
+            &info,
+            &interfaces,
+            force,
+        )?;
+        done.push((framing, replaced));
+    }
+    Ok(done)
+}
+
+/// [`replace_program`] for the instance `framing` (pinned as `old`) on `interfaces`.
+fn replace_instance(
+    layout: &PinLayout,
+    (capacity, lookup, framing): (u32, Lookup, Framing),
+    old: &aya::programs::ProgramInfo,
+    interfaces: &[String],
+    force: bool,
+) -> Result<Replacement, AttachError> {
+    use aya::programs::{links::PinnedLink, xdp::XdpLink};
+
+    let mut ebpf = load_embedded(layout, capacity, lookup, framing, Instance::Production)?;
     let program = embedded_program(&mut ebpf, PROGRAM_NAME)?;
     let new = program
         .info()
@@ -547,8 +698,7 @@ pub fn replace_program(layout: &PinLayout, force: bool) -> Result<Replacement, A
             program_id: old.id(),
         });
     }
-    let interfaces = attached_interfaces(layout);
-    for interface in &interfaces {
+    for interface in interfaces {
         let path = layout.link(interface);
         let pinned = PinnedLink::from_pin(&path)
             .map_err(pin_failure("opening the pinned link", path.clone()))?;
@@ -560,19 +710,22 @@ pub fn replace_program(layout: &PinLayout, force: bool) -> Result<Replacement, A
     }
     // Pin under a temporary name, then rename over the old pin: the program pin never
     // disappears. (bpffs reserves names with a dot.)
-    let staged = layout.root().join(format!("{PROGRAM_NAME}_next"));
+    let pin = layout.program_for(framing);
+    let staged = pin.with_file_name(format!(
+        "{}_next",
+        pin.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| PROGRAM_NAME.to_owned())
+    ));
     let _ = std::fs::remove_file(&staged);
     program
         .pin(&staged)
         .map_err(pin_failure("pinning the new program at", staged.clone()))?;
-    std::fs::rename(&staged, layout.program()).map_err(pin_error(
-        "renaming the new program pin to",
-        layout.program(),
-    ))?;
+    std::fs::rename(&staged, &pin).map_err(pin_error("renaming the new program pin to", pin))?;
     Ok(Replacement::Replaced {
         old_id: old.id(),
         new_id: new.id(),
-        interfaces,
+        interfaces: interfaces.to_vec(),
     })
 }
 

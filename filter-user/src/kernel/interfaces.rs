@@ -1,7 +1,8 @@
 //! The interfaces of the current network namespace, read from rtnetlink (`RTM_GETLINK` and
 //! `RTM_GETADDR` dumps), so it answers for the namespace the process is in (`--netns`) even
 //! where /sys still shows another one. Whether apifence filters each comes from the pinned
-//! links' liveness ([`attach::liveness`]).
+//! links' liveness ([`attach::liveness`]). The link type of one interface picks the program
+//! instance attached to it ([`link_type`]).
 
 use std::{
     collections::HashMap,
@@ -11,7 +12,11 @@ use std::{
 };
 
 use crate::{
-    kernel::{attach, paths::PinLayout},
+    kernel::{
+        attach,
+        framing::{Framing, link_type_name},
+        paths::PinLayout,
+    },
     policy::bypass::{Interface, LinkKind},
 };
 
@@ -240,6 +245,24 @@ fn parse_address(payload: &[u8]) -> Option<(u32, IpAddr)> {
     Some((index, address?))
 }
 
+/// The link type (`ARPHRD_*`) of the interface called `name` in the current network namespace,
+/// or `None` when there is no such interface.
+pub fn link_type(name: &str) -> Result<Option<u16>, InterfacesError> {
+    for datagram in dump(RTM_GETLINK, &[0u8; 16], "links")? {
+        for message in messages(&datagram) {
+            if message.kind != RTM_NEWLINK {
+                continue;
+            }
+            if let Some(raw) = parse_link(message.payload)
+                && raw.name == name
+            {
+                return Ok(Some(raw.hardware_type));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Every interface of the current network namespace, with whether apifence's pinned links
 /// under `layout` filter it now.
 pub fn list(layout: &PinLayout) -> Result<Vec<Interface>, InterfacesError> {
@@ -273,6 +296,9 @@ pub fn list(layout: &PinLayout) -> Result<Vec<Interface>, InterfacesError> {
                 lower: raw.link.filter(|l| *l != 0 && *l != raw.index),
                 addresses: addresses.remove(&raw.index).unwrap_or_default(),
                 filtered,
+                unparsable: Framing::of_link_type(raw.hardware_type)
+                    .is_none()
+                    .then(|| format!("link type {}", link_type_name(raw.hardware_type))),
                 name: raw.name,
                 index: raw.index,
             });
@@ -318,5 +344,14 @@ mod tests {
             .expect("a loopback device");
         assert_eq!(lo.name, "lo");
         assert!(!lo.filtered);
+    }
+
+    #[test]
+    fn the_loopback_device_has_the_loopback_link_type_and_a_missing_one_none() {
+        assert_eq!(
+            link_type("lo").expect("rtnetlink dump"),
+            Some(crate::kernel::framing::ARPHRD_LOOPBACK)
+        );
+        assert_eq!(link_type("no-such-if0").expect("rtnetlink dump"), None);
     }
 }

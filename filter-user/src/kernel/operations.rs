@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::{
     kernel::attach::{self, AttachError},
     kernel::bpffs::{self, BpffsError, DirLock},
+    kernel::framing::Framing,
     kernel::grace_period::{GracePeriod, GracePeriodError},
     kernel::maps::{FilterMaps, MapsError, SlotContents},
     kernel::paths::PinLayout,
@@ -438,6 +439,9 @@ pub struct AttachReport {
     /// Interfaces that still ran the trace program of an `apifence trace` that ended without
     /// putting the filter back, and run the filter again now.
     pub trace_restored: Vec<String>,
+    /// Interfaces of `attached` that are L3 devices (tun, WireGuard), given the program
+    /// instance that parses frames from the IP header.
+    pub ip_framed: Vec<String>,
 }
 
 /// Attaches the filter to `options.interfaces`, loading and pinning it first when nothing is
@@ -470,6 +474,9 @@ pub fn attach(layout: &PinLayout, options: &AttachOptions) -> Result<AttachRepor
             let _ = attach::remove_all_pins(layout);
             if mounted {
                 let _ = bpffs::unmount_bpffs(layout.root());
+            } else {
+                // As `detach` leaves it: no empty pin directory behind a refused first attach.
+                let _ = std::fs::remove_dir(layout.root());
             }
         }
     }
@@ -545,8 +552,11 @@ fn attach_locked(
                 attach::detach_interface(layout, interface)?;
                 report.repaired.push(interface.clone());
             }
-            let mode = attach::attach_interface(layout, interface, options.xdp_mode)?;
+            let (mode, framing) = attach::attach_interface(layout, interface, options.xdp_mode)?;
             report.attached.push((interface.clone(), mode));
+            if framing == Framing::Ip {
+                report.ip_framed.push(interface.clone());
+            }
             record.attachment.interfaces.insert(interface.clone(), mode);
         }
         filter.apply(&record).map(drop)

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use filter_common::PROGRAM_NAME;
 
+use crate::kernel::framing::Framing;
+
 /// Default bpffs directory holding apifence's pins.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/apifence";
 /// Where a host's bpffs is conventionally mounted.
@@ -35,9 +37,19 @@ impl PinLayout {
         &self.root
     }
 
-    /// The pinned XDP program.
+    /// The pinned XDP program for Ethernet devices (the first one loaded, which marks the
+    /// filter as loaded).
     pub fn program(&self) -> PathBuf {
         self.root.join(PROGRAM_NAME)
+    }
+
+    /// The pinned instance of the program for frames framed as `framing`: [`Self::program`] for
+    /// Ethernet, `apifence_ip` for L3 devices (loaded on the first attach to one).
+    pub fn program_for(&self, framing: Framing) -> PathBuf {
+        match framing {
+            Framing::Ethernet => self.program(),
+            Framing::Ip => self.root.join(format!("{PROGRAM_NAME}_ip")),
+        }
     }
 
     /// The pinned map called `name` (aya pins maps by name in the root).

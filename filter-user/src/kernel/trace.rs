@@ -30,6 +30,7 @@ use serde::Serialize;
 
 use crate::kernel::{
     attach::{self, AttachError, Instance},
+    framing::Framing,
     paths::PinLayout,
 };
 
@@ -352,6 +353,7 @@ pub struct TraceSession {
     records: Arc<Mutex<Vec<String>>>,
     swapped: Vec<String>,
     restored_first: Vec<String>,
+    untraced: Vec<String>,
     _lock: File,
 }
 
@@ -365,11 +367,20 @@ impl TraceSession {
         }
         let lock = try_lock_traces(layout)?.ok_or_else(|| TraceError::Busy(dir.clone()))?;
         let restored_first = restore_locked(layout)?;
-        let interfaces = attach::attached_interfaces(layout);
+        // The trace program parses Ethernet frames: links of L3 devices (IP-first instance)
+        // keep their program and are named as not traced.
+        let production_id = attach::program_id(layout);
+        let (interfaces, untraced): (Vec<String>, Vec<String>) =
+            attach::attached_interfaces(layout)
+                .into_iter()
+                .partition(|interface| {
+                    attach::link_ids(layout, interface).map(|(_, program)| program) == production_id
+                });
         if interfaces.is_empty() {
             return Err(TraceError::NoInterfaces(dir));
         }
-        let mut ebpf = attach::load_next_to_pins(layout, Instance::Trace(filter))?;
+        let mut ebpf =
+            attach::load_next_to_pins(layout, Framing::Ethernet, Instance::Trace(filter))?;
         let records = Arc::new(Mutex::new(Vec::new()));
         let logger = EbpfLogger::init_with_logger(&mut ebpf, Collector(records.clone()))?;
         let mut session = Self {
@@ -379,6 +390,7 @@ impl TraceSession {
             records,
             swapped: Vec::new(),
             restored_first,
+            untraced,
             _lock: lock,
         };
         let production = attach::pinned_program_fd(layout)?;
@@ -412,6 +424,12 @@ impl TraceSession {
     /// one started.
     pub fn restored_first(&self) -> &[String] {
         &self.restored_first
+    }
+
+    /// Attached interfaces the trace doesn't cover: L3 devices, whose IP-first program it
+    /// doesn't replace.
+    pub fn untraced(&self) -> &[String] {
+        &self.untraced
     }
 
     /// Readable (for `poll`) when records are waiting.

@@ -161,6 +161,9 @@ pub struct Interface {
     pub addresses: Vec<IpAddr>,
     /// Whether apifence's attachment filters it now (a live link on its current index).
     pub filtered: bool,
+    /// Why apifence can't be attached to it, if it can't: a link type whose frames the
+    /// program does not parse (named by the kernel layer, e.g. `ARPHRD_SIT (776)`).
+    pub unparsable: Option<String>,
 }
 
 /// What the report says about one up, non-loopback interface.
@@ -180,6 +183,8 @@ pub struct Assessment {
     pub bypass: bool,
     /// Why, in one sentence, with the fix when it is a bypass.
     pub reason: String,
+    /// apifence can be attached to it (its link type is one the program parses).
+    pub attachable: bool,
 }
 
 /// Assesses every up, non-loopback interface of `interfaces` by the module's rule.
@@ -196,11 +201,17 @@ pub fn assess(interfaces: &[Interface]) -> Vec<Assessment> {
         .filter(|i| i.up && !i.loopback)
         .map(|interface| {
             let kind = interface.kind.name();
-            let attach = format!(
-                "attach to it (`apifence attach {}`) or take it down if nothing should arrive \
-                 there",
-                interface.name
-            );
+            let attach = match &interface.unparsable {
+                None => format!(
+                    "attach to it (`apifence attach {}`) or take it down if nothing should \
+                     arrive there",
+                    interface.name
+                ),
+                Some(why) => format!(
+                    "apifence can't be attached to it ({why}): restrict what reaches it (the \
+                     tunnel's peers) or take it down if nothing should arrive there"
+                ),
+            };
             let (covered, bypass, reason) = if interface.filtered {
                 (true, false, "apifence is attached (live)".to_string())
             } else if let Some(master) = interface.master.and_then(by_index) {
@@ -296,6 +307,7 @@ pub fn assess(interfaces: &[Interface]) -> Vec<Assessment> {
                 covered,
                 bypass,
                 reason,
+                attachable: interface.unparsable.is_none(),
             }
         })
         .collect()
@@ -321,11 +333,31 @@ mod tests {
             lower: None,
             addresses: vec![],
             filtered: false,
+            unparsable: None,
         }
     }
 
     fn find<'a>(assessed: &'a [Assessment], name: &str) -> &'a Assessment {
         assessed.iter().find(|a| a.name == name).expect(name)
+    }
+
+    #[test]
+    fn an_unparsable_tunnel_is_a_bypass_whose_fix_is_not_attach() {
+        let mut sit = interface("sit1", 7, LinkKind::Ipip);
+        sit.unparsable = Some("link type ARPHRD_SIT (776)".into());
+        let ipip = interface("tunl0", 8, LinkKind::Ipip);
+        let assessed = assess(&[sit, ipip]);
+        let sit = find(&assessed, "sit1");
+        assert!(sit.bypass);
+        assert!(
+            sit.reason
+                .contains("can't be attached to it (link type ARPHRD_SIT (776))")
+        );
+        assert!(!sit.reason.contains("apifence attach"), "{}", sit.reason);
+        assert!(!sit.attachable);
+        let ipip = find(&assessed, "tunl0");
+        assert!(ipip.bypass && ipip.reason.contains("apifence attach tunl0"));
+        assert!(ipip.attachable);
     }
 
     #[test]

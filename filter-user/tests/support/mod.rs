@@ -5,6 +5,8 @@
 #![allow(dead_code, reason = "each test crate uses a part of it")]
 
 use apifence::{
+    kernel::attach,
+    kernel::framing::Framing,
     kernel::operations::{self, AttachOptions, Filter, Stats},
     kernel::paths::PinLayout,
     policy::{Lookup, Policy},
@@ -35,9 +37,24 @@ impl Lab {
 
     /// The program with `lookup`.
     pub fn with_lookup(lookup: Lookup, policy: Policy) -> Lab {
+        Lab::framed(Framing::Ethernet, lookup, policy)
+    }
+
+    /// The instance of the program for frames framed as `framing` (the IP-first one is loaded
+    /// next to the Ethernet one, on the same maps, as attaching to an L3 device does), with
+    /// `lookup`.
+    pub fn framed(framing: Framing, lookup: Lookup, policy: Policy) -> Lab {
         let bpffs = Bpffs::new().expect("mount a private bpffs");
         let layout = PinLayout::new(bpffs.path());
-        let program = load_with(&layout, policy, lookup);
+        let ethernet = load_with(&layout, policy, lookup);
+        let program = match framing {
+            Framing::Ethernet => ethernet,
+            Framing::Ip => {
+                attach::ensure_instance(&layout, Framing::Ip).expect("load the IP-first instance");
+                Xdp::from_pin(layout.program_for(Framing::Ip), XdpAttachType::Interface)
+                    .expect("open the IP-first instance")
+            }
+        };
         Lab {
             program,
             lookup,

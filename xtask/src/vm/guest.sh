@@ -5,6 +5,7 @@
 # The lab: the guest's own network namespace is the API server (busybox httpd on 6443, protected,
 # and 8080, not), reached over veth pair api0 by namespace `good` (authorized) and over api1 by
 # namespace `bad` (not authorized); apifence filters on api0 and api1, in native then skb mode.
+# Then IPIP tunnels from both namespaces end on L3 devices here, which apifence refuses.
 
 /bin/busybox --install -s /bin
 export PATH=/usr/sbin:/bin
@@ -41,7 +42,7 @@ load_modules() {
         [ -e "$m" ] || continue
         insmod "$m" || return 1
     done
-    [ -d /sys/module/veth ]
+    [ -d /sys/module/veth ] && [ -d /sys/module/ipip ]
 }
 
 lab() {
@@ -208,6 +209,36 @@ prog_info() {
     [ $rc -eq 0 ] && [ -n "$figures" ]
 }
 
+# ipip_lab: an IPIP tunnel from each client namespace over its veth pair, ending here on ipg
+# (from good, inner 198.19.0.2 -> 198.19.0.1) and ipb (from bad, 198.19.1.2 -> 198.19.1.1), link
+# type ARPHRD_TUNNEL; the tunnel carries real TCP.
+ipip_lab() {
+    for side in good:0:g bad:1:b; do
+        ns=${side%%:*}
+        rest=${side#*:}
+        n=${rest%:*}
+        t=${rest#*:}
+        ip link add "ip$t" type ipip local "198.18.$n.1" remote "198.18.$n.2" &&
+            ip addr add "198.19.$n.1" peer "198.19.$n.2" dev "ip$t" &&
+            ip link set "ip$t" up &&
+            ip -n "$ns" link add ipt type ipip local "198.18.$n.2" remote "198.18.$n.1" &&
+            ip -n "$ns" addr add "198.19.$n.2" peer "198.19.$n.1" dev ipt &&
+            ip -n "$ns" link set ipt up || return 1
+    done
+    cat /sys/class/net/ipg/type
+    [ "$(cat /sys/class/net/ipg/type)" = 768 ] && probe bad "http://198.19.1.1:6443/"
+}
+
+# ipip_refused: attaching to an IPIP device is refused, naming it and its link type (on 5.10
+# generic XDP there does not see the inner packet from its IP header), and leaves nothing.
+ipip_refused() {
+    out=$(apifence attach ipg 2>&1)
+    rc=$?
+    echo "$out"
+    [ $rc -ne 0 ] && echo "$out" | grep -q 'interface "ipg" has link type ARPHRD_TUNNEL (768)' &&
+        ! ip link show ipg | grep -q xdp
+}
+
 say "KERNEL $(uname -r)"
 check modules load_modules
 check lab lab
@@ -220,6 +251,9 @@ for mode in native skb; do
     check "detach-$mode" apifence detach --all
     check "clean-$mode" nothing_left
 done
+check ipip-lab ipip_lab
+check ipip-refused ipip_refused
+check ipip-clean nothing_left
 check verdicts test_binary verdicts
 check prog-info prog_info
 say "DONE $(cut -d ' ' -f 1 /proc/uptime)"

@@ -75,8 +75,9 @@ pub const KERNELS: [Kernel; 3] = [
     },
 ];
 
-/// Modules the guest loads (with their dependencies): the lab's veth pairs.
-pub const GUEST_MODULES: [&str; 1] = ["veth"];
+/// Modules the guest loads (with their dependencies): the lab's veth pairs, and the IPIP
+/// tunnel of the L3-device check.
+pub const GUEST_MODULES: [&str; 2] = ["veth", "ipip"];
 
 /// Bound on one apt-get call (a kernel package is 60-110 MB).
 const APT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
@@ -266,6 +267,27 @@ fn read_cache(dir: &Path) -> Result<Option<CachedKernel>> {
         .map(|e| e.path())
         .collect();
     modules.sort();
+    // A cache staged when the guest needed fewer modules is fetched again.
+    let staged: Vec<String> = modules
+        .iter()
+        .filter_map(|p| {
+            p.file_name()?
+                .to_str()?
+                .split_once('-')
+                .map(|(_, n)| n.to_owned())
+        })
+        .filter_map(|n| module_name(&n))
+        .collect();
+    if let Some(missing) = GUEST_MODULES
+        .iter()
+        .find(|m| !staged.contains(&normalize(m)))
+    {
+        println!(
+            "vm: {} lacks the module {missing}; fetching the kernel again",
+            dir.display()
+        );
+        return Ok(None);
+    }
     Ok(Some(CachedKernel {
         vmlinux,
         modules,

@@ -1,7 +1,8 @@
 //! `cargo xtask vm-test`: the kernel matrix. Boots each Debian kernel of [`kernels::KERNELS`] in
 //! qemu with an initramfs holding the freshly built `apifence` binary and filter-user's
 //! `verdicts` and `program_info` test binaries, runs `guest.sh` there (real XDP in native and skb
-//! mode on veth pairs between network namespaces, real TCP, stats, detach leaving nothing, the
+//! mode on veth pairs between network namespaces, real TCP, stats, detach leaving nothing; an
+//! IPIP tunnel between namespaces, whose L3 device apifence refuses, naming its link type; the
 //! `BPF_PROG_TEST_RUN` verdict table, the verifier's figures), reads a PASS/FAIL line per check
 //! from the serial console, and writes the per-kernel table to `target/kernel-matrix.md`.
 

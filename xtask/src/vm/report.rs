@@ -28,6 +28,9 @@ pub fn expected_checks() -> Vec<String> {
         checks.push(format!("detach-{mode}"));
         checks.push(format!("clean-{mode}"));
     }
+    for ipip in ["lab", "refused", "clean"] {
+        checks.push(format!("ipip-{ipip}"));
+    }
     checks.push("verdicts".to_owned());
     checks.push("prog-info".to_owned());
     checks
@@ -255,8 +258,9 @@ mod tests {
     #[test]
     fn expected_checks_cover_both_modes() {
         let checks = expected_checks();
-        assert_eq!(checks.len(), 2 + 8 + 2 * (2 + 8 + 3) + 1 + 1);
+        assert_eq!(checks.len(), 2 + 8 + 2 * (2 + 8 + 3) + 3 + 1 + 1);
         assert!(checks.contains(&"tcp-skb-v6-bad-protected".to_owned()));
         assert!(checks.contains(&"clean-native".to_owned()));
+        assert!(checks.contains(&"ipip-refused".to_owned()));
     }
 }
