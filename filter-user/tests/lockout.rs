@@ -87,7 +87,7 @@ fn guard_finds_real_connections_inside_a_namespace() {
 
     // A list with only the IPv6 client would cut the IPv4 connection, and name it.
     let policy = |ranges: &str| Policy {
-        ranges: ranges.into(),
+        ranges: ranges.parse().expect("test list"),
         mode: Mode::Enforce,
         ..Policy::default()
     };
