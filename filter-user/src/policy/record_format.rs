@@ -229,7 +229,8 @@ impl Record {
                 let end = first
                     .checked_add(count)
                     .ok_or(RecordFormatError::Invalid("rule id run"))?;
-                if rule_ids.len() + count as usize > bytes.len() * 8 {
+                // A slot holds at most one prefix per entry (merging only removes some).
+                if rule_ids.len() + count as usize > ranges + always {
                     return Err(RecordFormatError::Invalid("rule id run"));
                 }
                 rule_ids.extend(first..end);
@@ -400,8 +401,8 @@ mod tests {
         full.rule_ids = vec![0, 1, 2, 7, 3, 4, 5];
         full.managed_by = Some("/etc/apifence/apifence.toml".into());
         let mut cases = vec![full, record(""), record("0.0.0.0/32"), Record::default()];
-        let mut sequential = record("192.0.2.0/24, 198.51.100.0/24");
-        sequential.rule_ids = (0..5000).collect();
+        let mut sequential = record("192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24");
+        sequential.rule_ids = vec![5, 6, 7];
         cases.push(sequential);
         for case in cases {
             let bytes = case.encode();

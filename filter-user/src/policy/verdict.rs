@@ -179,19 +179,22 @@ impl Successor for u128 {
 /// How many prefixes the minimal cover of the addresses `first..=last` has, in a family of
 /// `width` bits: the largest aligned block that fits, again and again.
 fn cidr_count(first: u128, last: u128, width: u32) -> usize {
+    // The last offset of a block of 2^bits addresses.
+    let span = |bits: u32| match 1u128.checked_shl(bits) {
+        Some(size) => size - 1,
+        None => u128::MAX,
+    };
     let mut start = first;
     let mut count = 0;
     loop {
         count += 1;
         let remaining = last - start; // addresses left after `start`
         let mut bits = start.trailing_zeros().min(width);
-        while bits > 0 && (bits >= 128 || (1u128 << bits) - 1 > remaining) {
+        while bits > 0 && span(bits) > remaining {
             bits -= 1;
         }
-        if bits >= 128 {
-            return count;
-        }
-        let end = start + ((1u128 << bits) - 1);
+        // No overflow: span(bits) <= remaining = last - start.
+        let end = start + span(bits);
         if end >= last {
             return count;
         }
