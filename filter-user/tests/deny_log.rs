@@ -31,7 +31,7 @@ const STRANGER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 5);
 /// The policy of every test here: `AUTHORIZED` is in, in `mode`.
 fn policy(mode: Mode) -> Policy {
     Policy {
-        ranges: "198.51.100.0/24".into(),
+        ranges: "198.51.100.0/24".parse().expect("test list"),
         mode,
         ..Policy::default()
     }

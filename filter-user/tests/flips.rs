@@ -19,7 +19,6 @@ use apifence::{
     kernel::grace_period::GracePeriod,
     kernel::operations::Filter,
     kernel::paths::PinLayout,
-    policy::language::parse_authorized,
     policy::{Mode, Policy},
 };
 use apifence_tests::{bpffs::Bpffs, frame::Frame, require_privileges};
@@ -51,7 +50,7 @@ const READERS: usize = 2;
 
 fn policy(ranges: &str) -> Policy {
     Policy {
-        ranges: ranges.into(),
+        ranges: ranges.parse().expect("test list"),
         mode: Mode::Enforce,
         ..Policy::default()
     }
@@ -151,7 +150,7 @@ fn no_wrong_verdict_during_a_thousand_flips() {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         while flips < FLIPS {
             let current = filter.record().expect("record").policy;
-            let list = parse_authorized(&current.ranges).expect("current list");
+            let list = current.ranges.list().clone();
             let has_toggled = list.entries().contains(&toggled()[0]);
             // Alternate between `ranges set` and `ranges add`/`remove`, as the CLI does them.
             let by_text = flips % 4 < 2;

@@ -123,7 +123,7 @@ impl List {
                 .join(", "),
         };
         Policy {
-            ranges,
+            ranges: ranges.parse().expect("oracle list"),
             always_allow: self.always_allow.clone(),
             ports: self.ports.clone(),
             mode: self.mode,

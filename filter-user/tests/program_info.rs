@@ -35,7 +35,7 @@ fn verifier_figures_are_read_back_and_within_limits() {
     let bpffs = Bpffs::new().expect("mount a private bpffs");
     let layout = PinLayout::new(bpffs.path());
     let policy = Policy {
-        ranges: "198.51.100.0/24, 2001:db8::/32".into(),
+        ranges: "198.51.100.0/24, 2001:db8::/32".parse().expect("test list"),
         ..Policy::default()
     };
     let _program = support::load(&layout, policy);
@@ -86,7 +86,7 @@ fn trace_program_loads_next_to_the_pins_within_limits() {
     let bpffs = Bpffs::new().expect("mount a private bpffs");
     let layout = PinLayout::new(bpffs.path());
     let policy = Policy {
-        ranges: "198.51.100.0/24, 2001:db8::/32".into(),
+        ranges: "198.51.100.0/24, 2001:db8::/32".parse().expect("test list"),
         ..Policy::default()
     };
     let _program = support::load(&layout, policy);

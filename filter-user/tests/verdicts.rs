@@ -100,7 +100,7 @@ impl Lab {
 
 fn policy(ranges: &str, mode: Mode) -> Policy {
     Policy {
-        ranges: ranges.into(),
+        ranges: ranges.parse().expect("test list"),
         always_allow: vec![IpAddr::V4(ALWAYS).into()],
         mode,
         ..Policy::default()

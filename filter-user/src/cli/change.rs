@@ -10,10 +10,7 @@ use crate::{
         desired::{Diff, RangeEntry, Resolved, ResolvedEntry},
         protocol::ChangeFlags,
     },
-    policy::{
-        Policy,
-        language::{Entry, parse_authorized},
-    },
+    policy::{Policy, language::Entry},
 };
 
 /// Flags of every change.
@@ -39,11 +36,12 @@ impl ChangeArgs {
 }
 
 /// A policy as the daemon's [`Resolved`], so the direct CLI can print the same diff.
-fn as_resolved(policy: &Policy) -> Result<Resolved> {
-    let list = parse_authorized(&policy.ranges)?;
-    Ok(Resolved {
+fn as_resolved(policy: &Policy) -> Resolved {
+    Resolved {
         policy: policy.clone(),
-        entries: list
+        entries: policy
+            .ranges
+            .list()
             .entries()
             .iter()
             .map(|net| ResolvedEntry {
@@ -51,12 +49,12 @@ fn as_resolved(policy: &Policy) -> Result<Resolved> {
                 prefixes: vec![*net],
             })
             .collect(),
-    })
+    }
 }
 
 /// `--dry-run` without a daemon: print what would change, change nothing.
 pub fn print_direct_dry_run(before: &Policy, after: &Policy) -> Result<()> {
-    let diff = Diff::between(&as_resolved(before)?, &as_resolved(after)?);
+    let diff = Diff::between(&as_resolved(before), &as_resolved(after));
     crate::outln!("dry run: nothing was changed; the change would do this:");
     crate::out!("{}", remote::render_diff(&diff));
     Ok(())

@@ -11,7 +11,10 @@ use super::{Context, change::ChangeArgs, list_input::ListInput, output, remote};
 use crate::{
     daemon::protocol::{EntryMeta, RangesChange, Reply, Request},
     kernel::{attach, operations::Filter},
-    policy::language::{RangeList, parse_authorized, parse_prefixes},
+    policy::{
+        AuthorizedRanges,
+        language::{RangeList, parse_authorized, parse_prefixes},
+    },
 };
 
 /// Shown after `apifence ranges --help`.
@@ -109,20 +112,21 @@ fn change(context: &Context, args: &ListArgs, verb: Verb) -> Result<()> {
     let mut filter = Filter::open_for_write(&context.layout)?;
     filter.check_direct_change(&context.socket, args.change.force)?;
     let mut policy = filter.record()?.policy;
-    let current = parse_authorized(&policy.ranges)?;
+    let current = policy.ranges.list();
     let next = match verb {
         Verb::Set => parse_authorized(&text)?,
         Verb::Add => current.add(&parse_prefixes(&text)?),
         Verb::Remove => current.remove(&parse_prefixes(&text)?)?,
     };
     let before = policy.clone();
-    policy.ranges = next.to_text();
+    policy.ranges = AuthorizedRanges::new(next);
     if args.change.dry_run {
         return super::change::print_direct_dry_run(&before, &policy);
     }
+    let kind = policy.ranges.clone();
     let report = filter.apply_policy(policy)?;
     output::mark_applied();
-    match next {
+    match kind.list() {
         RangeList::Disabled => crate::outln!("filtering disabled: all traffic passes"),
         RangeList::OnlyAlwaysAllowed => crate::outln!("only the always-allow list may connect"),
         RangeList::Ranges(_) => crate::outln!(
@@ -156,7 +160,7 @@ struct ShowJson {
 fn show(context: &Context, json: bool) -> Result<()> {
     let filter = Filter::open(&context.layout)?;
     let record = filter.record()?;
-    let list = parse_authorized(&record.policy.ranges)?;
+    let list = record.policy.ranges.list();
     let out = ShowJson {
         enabled: !matches!(list, RangeList::Disabled),
         ranges: list

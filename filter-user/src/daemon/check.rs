@@ -86,15 +86,6 @@ pub enum CheckError {
         /// A capacity that fits.
         suggested: usize,
     },
-    /// Any other compile error.
-    #[error("config file {}", file.display())]
-    Compile {
-        /// The config file.
-        file: PathBuf,
-        /// The error.
-        #[source]
-        source: CompileError,
-    },
 }
 
 /// One entry as `check-config` shows it.
@@ -194,23 +185,17 @@ pub fn check(path: &Path, features: &mut dyn Features) -> Result<CheckReport, Ch
         source,
     })?;
     let compiled = compile::compile(&resolved.policy, config.capacity, &BTreeMap::new()).map_err(
-        |source| match source {
-            CompileError::OverCapacity {
-                family,
-                count,
-                capacity,
-                suggested,
-            } => CheckError::OverCapacity {
-                file: file.clone(),
-                family,
-                count,
-                capacity,
-                suggested,
-            },
-            source => CheckError::Compile {
-                file: file.clone(),
-                source,
-            },
+        |CompileError::OverCapacity {
+             family,
+             count,
+             capacity,
+             suggested,
+         }| CheckError::OverCapacity {
+            file: file.clone(),
+            family,
+            count,
+            capacity,
+            suggested,
         },
     )?;
     let now = OffsetDateTime::now_utc();

@@ -8,16 +8,16 @@
 //! those of [`RangeList`](crate::policy::language::RangeList). Names are compared ignoring ASCII
 //! case.
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::{
-    policy::compile::{FamilyCounts, authorized_prefixes},
-    policy::language::{Entry, ONLY_ALWAYS_ALLOWED, RangeError, tokenize},
-    policy::{Mode, Policy},
+    policy::compile::{FamilyCounts, slot_prefixes},
+    policy::language::{Entry, ONLY_ALWAYS_ALLOWED, RangeError, RangeList, tokenize},
+    policy::{AuthorizedRanges, Mode, Policy},
 };
 
 /// One authorized entry as the operator wrote it.
@@ -363,8 +363,8 @@ pub fn parse_entries(text: &str) -> Result<Vec<Entry>, RangeError> {
     Ok(entries.into_iter().map(|e| e.entry).collect())
 }
 
-/// `entries` without repeats, keeping the first.
-fn dedup(entries: impl IntoIterator<Item = RangeEntry>) -> Vec<RangeEntry> {
+/// `entries` without repeats (names compared ignoring ASCII case), keeping the first. Linear.
+pub(crate) fn dedup(entries: impl IntoIterator<Item = RangeEntry>) -> Vec<RangeEntry> {
     let mut seen = std::collections::HashSet::new();
     entries
         .into_iter()
@@ -484,25 +484,25 @@ pub fn resolve(desired: &Desired, tags: Option<&dyn TagSource>) -> Result<Resolv
         });
     }
     let ranges = match &desired.authorized {
-        Authorized::Disabled => String::new(),
+        Authorized::Disabled => RangeList::Disabled,
         Authorized::Entries(_) => {
-            let mut seen = BTreeSet::new();
-            let unique: Vec<String> = entries
+            let mut seen = std::collections::HashSet::new();
+            let unique: Vec<IpNet> = entries
                 .iter()
-                .flat_map(|e| e.prefixes.iter())
-                .filter(|net| seen.insert(**net))
-                .map(ToString::to_string)
+                .flat_map(|e| e.prefixes.iter().copied())
+                // Prefixes are canonical; 0.0.0.0/32 alone would mean "only always-allow".
+                .filter(|net| *net != ONLY_ALWAYS_ALLOWED && seen.insert(*net))
                 .collect();
             if unique.is_empty() {
-                ONLY_ALWAYS_ALLOWED.to_string()
+                RangeList::OnlyAlwaysAllowed
             } else {
-                unique.join(",")
+                RangeList::Ranges(unique)
             }
         }
     };
     Ok(Resolved {
         policy: Policy {
-            ranges,
+            ranges: AuthorizedRanges::new(ranges),
             always_allow: desired.always_allow.clone(),
             ports: desired.ports.clone(),
             mode: desired.mode,
@@ -520,12 +520,7 @@ impl Resolved {
 
     /// The prefixes written to the tries after merging (empty when filtering is disabled).
     pub fn merged(&self) -> Vec<IpNet> {
-        if self.policy.ranges.trim().is_empty() {
-            return Vec::new();
-        }
-        authorized_prefixes(&self.policy)
-            .map(|(_, prefixes)| prefixes)
-            .unwrap_or_default()
+        slot_prefixes(&self.policy)
     }
 }
 
@@ -565,34 +560,27 @@ pub struct Diff {
 impl Diff {
     /// The difference from `before` to `after`.
     pub fn between(before: &Resolved, after: &Resolved) -> Self {
-        let texts =
-            |r: &Resolved| -> Vec<String> { r.entries.iter().map(|e| e.entry.text()).collect() };
-        let (old, new) = (texts(before), texts(after));
-        let old_keys: BTreeSet<String> = old.iter().map(|t| t.to_ascii_lowercase()).collect();
-        let new_keys: BTreeSet<String> = new.iter().map(|t| t.to_ascii_lowercase()).collect();
-        let (old_merged, new_merged): (BTreeSet<IpNet>, BTreeSet<IpNet>) = (
-            before.merged().into_iter().collect(),
-            after.merged().into_iter().collect(),
-        );
+        let keys = |r: &Resolved| -> HashSet<TargetKey> {
+            r.entries
+                .iter()
+                .map(|e| target_key(&e.entry.entry))
+                .collect()
+        };
+        // The entries of `these` whose target `those` lacks, as text.
+        let lacking = |these: &Resolved, those: &HashSet<TargetKey>| -> Vec<String> {
+            these
+                .entries
+                .iter()
+                .filter(|e| !those.contains(&target_key(&e.entry.entry)))
+                .map(|e| e.entry.text())
+                .collect()
+        };
+        let (old_merged, new_merged) = (sorted(before.merged()), sorted(after.merged()));
         Self {
-            added: new
-                .iter()
-                .filter(|t| !old_keys.contains(&t.to_ascii_lowercase()))
-                .cloned()
-                .collect(),
-            removed: old
-                .iter()
-                .filter(|t| !new_keys.contains(&t.to_ascii_lowercase()))
-                .cloned()
-                .collect(),
-            merged_added: new_merged
-                .difference(&old_merged)
-                .map(ToString::to_string)
-                .collect(),
-            merged_removed: old_merged
-                .difference(&new_merged)
-                .map(ToString::to_string)
-                .collect(),
+            added: lacking(after, &keys(before)),
+            removed: lacking(before, &keys(after)),
+            merged_added: missing_from(&new_merged, &old_merged),
+            merged_removed: missing_from(&old_merged, &new_merged),
             filtering_before: filtering_kind(&before.policy).into(),
             filtering_after: filtering_kind(&after.policy).into(),
             mode_before: before.policy.mode,
@@ -612,11 +600,30 @@ impl Diff {
 }
 
 fn filtering_kind(policy: &Policy) -> &'static str {
-    match policy.ranges.trim() {
-        "" => "disabled",
-        text if text == ONLY_ALWAYS_ALLOWED.to_string() => "only_always_allowed",
-        _ => "ranges",
+    match policy.ranges.list() {
+        RangeList::Disabled => "disabled",
+        RangeList::OnlyAlwaysAllowed => "only_always_allowed",
+        RangeList::Ranges(_) => "ranges",
     }
+}
+
+/// `prefixes` sorted (slot prefixes are sorted but for the always-allow ones at the end).
+fn sorted(mut prefixes: Vec<IpNet>) -> Vec<IpNet> {
+    prefixes.sort_unstable();
+    prefixes
+}
+
+/// The prefixes of sorted `these` that sorted `those` lacks, as text. Linear.
+fn missing_from(these: &[IpNet], those: &[IpNet]) -> Vec<String> {
+    let mut rest = those.iter().peekable();
+    these
+        .iter()
+        .filter(|net| {
+            while rest.next_if(|other| other < net).is_some() {}
+            rest.peek() != Some(net)
+        })
+        .map(ToString::to_string)
+        .collect()
 }
 
 #[cfg(test)]
@@ -762,7 +769,7 @@ mod tests {
         let list = Authorized::parse("10.0.0.0/8 AzureDevOps").unwrap();
         let resolved = resolve(&desired(list.clone()), Some(&FakeTags)).unwrap();
         assert_eq!(
-            resolved.policy.ranges,
+            resolved.policy.ranges.to_text(),
             "10.0.0.0/8,20.37.158.0/23,2603:1030::/48"
         );
         assert_eq!(resolved.entries[1].prefixes.len(), 2);
@@ -790,19 +797,21 @@ mod tests {
             Some(&FakeTags),
         )
         .unwrap();
-        assert_eq!(empty.policy.ranges, "0.0.0.0/32");
+        assert_eq!(empty.policy.ranges.to_text(), "0.0.0.0/32");
         assert_eq!(
             resolve(&desired(Authorized::Disabled), None)
                 .unwrap()
                 .policy
-                .ranges,
+                .ranges
+                .to_text(),
             ""
         );
         assert_eq!(
             resolve(&desired(Authorized::Entries(vec![])), None)
                 .unwrap()
                 .policy
-                .ranges,
+                .ranges
+                .to_text(),
             "0.0.0.0/32"
         );
     }

@@ -160,12 +160,11 @@ mod tests {
 
     fn gate(ranges: &str) -> VerdictModel {
         VerdictModel::from_policy(&Policy {
-            ranges: ranges.into(),
+            ranges: ranges.parse().unwrap(),
             always_allow: vec!["198.51.100.7/32".parse().unwrap()],
             mode: Mode::Enforce,
             ..Policy::default()
         })
-        .unwrap()
     }
 
     fn conn(local: &str, remote: &str) -> Connection {

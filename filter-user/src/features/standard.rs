@@ -199,13 +199,8 @@ impl Features for StandardFeatures {
         if !guarded && !plan.flags.dry_run {
             return Review::default();
         }
-        let (Ok(before), Ok(after)) = (
-            VerdictModel::from_policy(&plan.before.policy),
-            VerdictModel::from_policy(&plan.after.policy),
-        ) else {
-            // Unreachable: both policies compiled before the review.
-            return Review::default();
-        };
+        let before = VerdictModel::from_policy(&plan.before.policy);
+        let after = VerdictModel::from_policy(&plan.after.policy);
         let ports: Vec<u16> = plan
             .before
             .policy

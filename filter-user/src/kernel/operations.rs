@@ -25,8 +25,8 @@ use crate::{
     policy::Lookup,
     policy::XdpModeChoice,
     policy::compile::{self, CompileError, FamilyCounts},
+    policy::merge::merge,
     policy::{Mode, Policy, RECORD_VERSION, Record},
-    policy::{language::parse_authorized, merge::merge},
 };
 
 /// Any failure of a filter operation.
@@ -248,7 +248,7 @@ impl Filter {
             .maps
             .read_record(slot)?
             .ok_or_else(|| bad("no record in the active slot".into()))?;
-        serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
+        Record::decode(&bytes).map_err(|e| bad(e.to_string()))
     }
 
     /// What `slot` holds according to its record; `None` when unknown (no record, an
@@ -258,12 +258,10 @@ impl Filter {
         let Some(bytes) = self.maps.read_record(slot)? else {
             return Ok(None);
         };
-        let Ok(record) = serde_json::from_slice::<Record>(&bytes) else {
+        let Ok(record) = Record::decode(&bytes) else {
             return Ok(None);
         };
-        let Ok(prefixes) = compile::slot_prefixes(&record.policy) else {
-            return Ok(None);
-        };
+        let prefixes = compile::slot_prefixes(&record.policy);
         if prefixes.len() != record.rule_ids.len() {
             return Ok(None);
         }
@@ -313,10 +311,7 @@ impl Filter {
         let compiled = compile::compile(&record.policy, self.maps.trie_capacity(), &ids)?;
         let mut record = record.clone();
         record.rule_ids = compiled.entries.iter().map(|(_, id)| *id).collect();
-        let bytes = serde_json::to_vec(&record).map_err(|e| FilterError::BadRecord {
-            dir: dir_name(&self.layout),
-            reason: e.to_string(),
-        })?;
+        let bytes = record.encode();
         let previous = self.slot_contents(target)?;
         self.maps.zero_hits(&compiled.fresh_ids)?;
         self.maps
@@ -381,15 +376,13 @@ impl Filter {
         let slot = self.maps.active_slot()?;
         let record = self.record()?;
         let always: BTreeSet<IpNet> = merge(&record.policy.always_allow).into_iter().collect();
-        let list =
-            parse_authorized(&record.policy.ranges).map_err(|e| FilterError::Compile(e.into()))?;
-        let granted: BTreeSet<IpNet> = merge(list.entries()).into_iter().collect();
+        let granted = record.policy.ranges.merged();
         let mut ranges = Vec::new();
         for (prefix, id) in self.rules(slot)? {
             ranges.push(RangeHits {
                 range: prefix.to_string(),
                 hits: self.maps.hits(id)?,
-                always_allow: always.contains(&prefix) && !granted.contains(&prefix),
+                always_allow: always.contains(&prefix) && granted.binary_search(&prefix).is_err(),
             });
         }
         let at = |index: u32| verdicts[index as usize];
@@ -410,10 +403,12 @@ impl Filter {
 }
 
 fn given_counts(policy: &Policy) -> FamilyCounts {
-    let list = parse_authorized(&policy.ranges)
-        .map(|l| l.entries().to_vec())
-        .unwrap_or_default();
-    let all = list.iter().chain(policy.always_allow.iter());
+    let all = policy
+        .ranges
+        .list()
+        .entries()
+        .iter()
+        .chain(&policy.always_allow);
     let mut counts = FamilyCounts::default();
     for prefix in all {
         match prefix {

@@ -7,11 +7,8 @@ use filter_common::{PORT_WORDS_PER_SLOT, RuleId, SLOT_FLAG_ENABLED, SLOT_FLAG_MO
 use ipnet::IpNet;
 
 use crate::{
+    policy::merge::merge,
     policy::{Mode, Policy},
-    policy::{
-        language::{RangeError, RangeList, parse_authorized},
-        merge::merge,
-    },
 };
 
 /// Everything one slot holds.
@@ -42,9 +39,6 @@ pub struct FamilyCounts {
 /// Why a policy can't be compiled.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
-    /// The range list does not parse.
-    #[error(transparent)]
-    Ranges(#[from] RangeError),
     /// More prefixes of one family than the maps hold.
     #[error(
         "the list compiles to {count} {family} prefixes after merging, but the filter holds at most {capacity} per family; \
@@ -62,24 +56,30 @@ pub enum CompileError {
     },
 }
 
-/// The prefixes a policy authorizes, merged: the authorized ranges and the always-allow list,
-/// each merged on its own (so hits stay attributable), then united.
-pub fn authorized_prefixes(policy: &Policy) -> Result<(RangeList, Vec<IpNet>), RangeError> {
-    let list = parse_authorized(&policy.ranges)?;
-    let mut prefixes = merge(list.entries());
-    let always = merge(&policy.always_allow);
-    let known: BTreeSet<IpNet> = prefixes.iter().copied().collect();
-    prefixes.extend(always.into_iter().filter(|p| !known.contains(p)));
-    Ok((list, prefixes))
+/// The prefixes a policy authorizes, merged: the authorized ranges (merged once, when the
+/// list was parsed) and the always-allow list, merged on its own (so hits stay attributable),
+/// then united: the merged ranges in order, then the always-allow prefixes that are not also a
+/// range.
+pub fn authorized_prefixes(policy: &Policy) -> Vec<IpNet> {
+    let ranges = policy.ranges.merged();
+    let mut prefixes = Vec::with_capacity(ranges.len() + policy.always_allow.len());
+    prefixes.extend_from_slice(ranges);
+    // `ranges` is sorted (see `AuthorizedRanges::merged`).
+    prefixes.extend(
+        merge(&policy.always_allow)
+            .into_iter()
+            .filter(|p| ranges.binary_search(p).is_err()),
+    );
+    prefixes
 }
 
 /// The trie prefixes of `policy`, in the order [`compile`] writes them (none when disabled).
-pub fn slot_prefixes(policy: &Policy) -> Result<Vec<IpNet>, RangeError> {
-    let (list, prefixes) = authorized_prefixes(policy)?;
-    Ok(match list {
-        RangeList::Disabled => Vec::new(),
-        _ => prefixes,
-    })
+pub fn slot_prefixes(policy: &Policy) -> Vec<IpNet> {
+    if policy.ranges.is_enabled() {
+        authorized_prefixes(policy)
+    } else {
+        Vec::new()
+    }
 }
 
 /// Compiles `policy` for a slot whose trie capacity is `capacity` per family. `active_ids` maps
@@ -90,8 +90,8 @@ pub fn compile(
     capacity: u32,
     active_ids: &BTreeMap<IpNet, RuleId>,
 ) -> Result<CompiledSlot, CompileError> {
-    let enabled = !matches!(parse_authorized(&policy.ranges)?, RangeList::Disabled);
-    let prefixes = slot_prefixes(policy)?;
+    let enabled = policy.ranges.is_enabled();
+    let prefixes = slot_prefixes(policy);
 
     let counts = FamilyCounts {
         v4: prefixes
@@ -162,7 +162,7 @@ mod tests {
 
     fn policy(ranges: &str) -> Policy {
         Policy {
-            ranges: ranges.into(),
+            ranges: ranges.parse().expect("test list"),
             ..Policy::default()
         }
     }

@@ -479,10 +479,24 @@ fn find_only_always_allowed<'t, 'a>(tokens: &'t [Token<'a>]) -> Option<&'t Token
         .find(|token| token.entry == Entry::Prefix(ONLY_ALWAYS_ALLOWED))
 }
 
-/// `nets` without repeats, keeping the first occurrence of each.
+/// `nets` without repeats, keeping the first occurrence of each. Repeats are found by sorting
+/// (prefix, position) pairs rather than hashing: with a million entries a hash set's random
+/// probes miss the cache on almost every insert, sorted passes do not.
 fn dedup(nets: impl IntoIterator<Item = IpNet>) -> Vec<IpNet> {
-    let mut seen = HashSet::new();
-    nets.into_iter().filter(|net| seen.insert(*net)).collect()
+    let nets: Vec<IpNet> = nets.into_iter().collect();
+    let mut sorted: Vec<(IpNet, usize)> = nets.iter().copied().zip(0..).collect();
+    // Equal prefixes end up next to each other, the first occurrence (lowest position) first.
+    sorted.sort_unstable();
+    let mut repeat = vec![false; nets.len()];
+    for pair in sorted.windows(2) {
+        if pair[0].0 == pair[1].0 {
+            repeat[pair[1].1] = true;
+        }
+    }
+    nets.into_iter()
+        .zip(repeat)
+        .filter_map(|(net, repeat)| (!repeat).then_some(net))
+        .collect()
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::language::list_words;
+use super::{AuthorizedRanges, language::list_words};
 
 /// Default protected TCP destination ports: HTTPS and the Kubernetes API server.
 pub const DEFAULT_PORTS: [u16; 2] = [443, 6443];
@@ -116,10 +116,9 @@ impl Mode {
 /// What the user asked the filter to do.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
-    /// The authorized-range list exactly as it round-trips through the range language:
-    /// `""` = filtering disabled, `"0.0.0.0/32"` = only the always-allow list, otherwise the
-    /// comma-separated entries as given.
-    pub ranges: String,
+    /// The authorized-range list, parsed and merged once: disabled (`""`), only the
+    /// always-allow list (`"0.0.0.0/32"`), or the ranges as given. In JSON, its text.
+    pub ranges: AuthorizedRanges,
     /// Sources that are never blocked (cluster egress, load-balancer outbound, jump hosts).
     pub always_allow: Vec<IpNet>,
     /// Protected TCP destination ports, ascending, no duplicates, never empty.
@@ -131,7 +130,7 @@ pub struct Policy {
 impl Default for Policy {
     fn default() -> Self {
         Self {
-            ranges: String::new(),
+            ranges: AuthorizedRanges::disabled(),
             always_allow: Vec::new(),
             ports: DEFAULT_PORTS.to_vec(),
             mode: Mode::Enforce,
@@ -170,6 +169,7 @@ pub struct Attachment {
 }
 
 /// What is stored next to each slot: the policy it enforces and the attachment it belongs to.
+/// Pinned in the binary form of [`record_format`](super::record_format) (JSON before format 2).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// Format version of this record.
@@ -189,8 +189,9 @@ pub struct Record {
     pub managed_by: Option<std::path::PathBuf>,
 }
 
-/// Current [`Record::version`].
-pub const RECORD_VERSION: u32 = 1;
+/// Current [`Record::version`]: 2, the binary form of [`record_format`](super::record_format);
+/// 1 was JSON.
+pub const RECORD_VERSION: u32 = 2;
 
 /// A bad `--ports` value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -264,7 +265,7 @@ mod tests {
             version: RECORD_VERSION,
             ..Record::default()
         };
-        record.policy.ranges = "10.0.0.0/8".into();
+        record.policy.ranges = "10.0.0.0/8".parse().expect("test list");
         record.policy.mode = Mode::Monitor;
         record
             .attachment

@@ -8,12 +8,9 @@ use std::{collections::BTreeSet, net::IpAddr};
 use ipnet::IpNet;
 
 use crate::{
-    policy::compile::{FamilyCounts, authorized_prefixes},
+    policy::compile::FamilyCounts,
+    policy::merge::merge,
     policy::{Mode, Policy},
-    policy::{
-        language::{RangeError, RangeList},
-        merge::merge,
-    },
 };
 
 /// A policy compiled for membership questions.
@@ -22,40 +19,62 @@ pub struct VerdictModel {
     enabled: bool,
     mode: Mode,
     ports: BTreeSet<u16>,
-    /// Sorted, disjoint `[first, last]` address intervals of the authorized IPv4 prefixes.
+    /// Sorted `[first, last]` address intervals of the authorized IPv4 prefixes, neither
+    /// overlapping nor touching.
     v4: Vec<(u32, u32)>,
     /// The same for IPv6.
     v6: Vec<(u128, u128)>,
+    /// Prefixes per family of the minimal cover of the intervals (what merging all authorized
+    /// prefixes together gives).
+    counts: FamilyCounts,
 }
 
 impl VerdictModel {
-    /// The gate of `policy`: its authorized ranges and always-allow list, ports and mode.
-    pub fn from_policy(policy: &Policy) -> Result<Self, RangeError> {
-        let (list, prefixes) = authorized_prefixes(policy)?;
-        Ok(Self::new(
-            !matches!(list, RangeList::Disabled),
+    /// The gate of `policy`: its authorized ranges and always-allow list, ports and mode. The
+    /// ranges come merged with the policy; only the (short) always-allow list is merged here,
+    /// and the two are united in one linear pass.
+    pub fn from_policy(policy: &Policy) -> Self {
+        let (ranges_v4, ranges_v6) = intervals(policy.ranges.merged());
+        let (always_v4, always_v6) = intervals(&merge(&policy.always_allow));
+        Self::with_intervals(
+            policy.ranges.is_enabled(),
             policy.mode,
             &policy.ports,
-            &prefixes,
-        ))
+            union(&ranges_v4, &always_v4),
+            union(&ranges_v6, &always_v6),
+        )
     }
 
     /// A gate that, when `enabled`, authorizes exactly `prefixes` on `ports`.
     pub fn new(enabled: bool, mode: Mode, ports: &[u16], prefixes: &[IpNet]) -> Self {
-        let mut v4 = Vec::new();
-        let mut v6 = Vec::new();
-        for net in merge(prefixes) {
-            match net {
-                IpNet::V4(n) => v4.push((u32::from(n.network()), u32::from(n.broadcast()))),
-                IpNet::V6(n) => v6.push((u128::from(n.network()), u128::from(n.broadcast()))),
-            }
-        }
+        let (v4, v6) = intervals(&merge(prefixes));
+        Self::with_intervals(enabled, mode, ports, union(&v4, &[]), union(&v6, &[]))
+    }
+
+    fn with_intervals(
+        enabled: bool,
+        mode: Mode,
+        ports: &[u16],
+        v4: Vec<(u32, u32)>,
+        v6: Vec<(u128, u128)>,
+    ) -> Self {
+        let counts = FamilyCounts {
+            v4: v4
+                .iter()
+                .map(|&(first, last)| cidr_count(first.into(), last.into(), 32))
+                .sum(),
+            v6: v6
+                .iter()
+                .map(|&(first, last)| cidr_count(first, last, 128))
+                .sum(),
+        };
         Self {
             enabled,
             mode,
             ports: ports.iter().copied().collect(),
             v4,
             v6,
+            counts,
         }
     }
 
@@ -100,10 +119,86 @@ impl VerdictModel {
 
     /// Merged authorized prefixes per family (authorized ranges and always-allow together).
     pub fn counts(&self) -> FamilyCounts {
-        FamilyCounts {
-            v4: self.v4.len(),
-            v6: self.v6.len(),
+        self.counts
+    }
+}
+
+/// The `[first, last]` address intervals of `merged` (sorted and disjoint, as [`merge`] returns
+/// them), per family.
+#[allow(clippy::type_complexity)]
+fn intervals(merged: &[IpNet]) -> (Vec<(u32, u32)>, Vec<(u128, u128)>) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for net in merged {
+        match net {
+            IpNet::V4(n) => v4.push((u32::from(n.network()), u32::from(n.broadcast()))),
+            IpNet::V6(n) => v6.push((u128::from(n.network()), u128::from(n.broadcast()))),
         }
+    }
+    (v4, v6)
+}
+
+/// The union of two sorted lists of disjoint intervals: sorted, with overlapping and touching
+/// intervals joined. Linear.
+fn union<T: Ord + Copy + Successor>(a: &[(T, T)], b: &[(T, T)]) -> Vec<(T, T)> {
+    let mut out: Vec<(T, T)> = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        let next = if j == b.len() || (i < a.len() && a[i].0 <= b[j].0) {
+            i += 1;
+            a[i - 1]
+        } else {
+            j += 1;
+            b[j - 1]
+        };
+        match out.last_mut() {
+            Some(last) if next.0 <= last.1.successor() => last.1 = last.1.max(next.1),
+            _ => out.push(next),
+        }
+    }
+    out
+}
+
+/// The next address, saturating at the family's last one.
+trait Successor {
+    fn successor(self) -> Self;
+}
+
+impl Successor for u32 {
+    fn successor(self) -> Self {
+        self.saturating_add(1)
+    }
+}
+
+impl Successor for u128 {
+    fn successor(self) -> Self {
+        self.saturating_add(1)
+    }
+}
+
+/// How many prefixes the minimal cover of the addresses `first..=last` has, in a family of
+/// `width` bits: the largest aligned block that fits, again and again.
+fn cidr_count(first: u128, last: u128, width: u32) -> usize {
+    // The last offset of a block of 2^bits addresses.
+    let span = |bits: u32| match 1u128.checked_shl(bits) {
+        Some(size) => size - 1,
+        None => u128::MAX,
+    };
+    let mut start = first;
+    let mut count = 0;
+    loop {
+        count += 1;
+        let remaining = last - start; // addresses left after `start`
+        let mut bits = start.trailing_zeros().min(width);
+        while bits > 0 && span(bits) > remaining {
+            bits -= 1;
+        }
+        // No overflow: span(bits) <= remaining = last - start.
+        let end = start + span(bits);
+        if end >= last {
+            return count;
+        }
+        start = end + 1;
     }
 }
 
@@ -129,13 +224,21 @@ mod tests {
     use proptest::prelude::*;
     use std::net::Ipv4Addr;
 
+    /// The IPv4 address of `addr` (an IPv6 one maps to an address no test prefix holds).
+    fn ipv4(addr: IpAddr) -> Ipv4Addr {
+        match addr {
+            IpAddr::V4(a) => a,
+            IpAddr::V6(_) => Ipv4Addr::BROADCAST,
+        }
+    }
+
     fn ip(text: &str) -> IpAddr {
         text.parse().expect("test address")
     }
 
     fn policy(ranges: &str, always: &[&str], mode: Mode) -> Policy {
         Policy {
-            ranges: ranges.into(),
+            ranges: ranges.parse().expect("test list"),
             always_allow: always.iter().map(|a| a.parse().unwrap()).collect(),
             mode,
             ..Policy::default()
@@ -148,8 +251,7 @@ mod tests {
             "10.0.0.0/8, 192.0.2.0/25, 2001:db8::/32",
             &["198.51.100.7/32", "10.1.0.0/16"],
             Mode::Enforce,
-        ))
-        .unwrap();
+        ));
         assert!(gate.enabled());
         assert_eq!(gate.counts(), FamilyCounts { v4: 3, v6: 1 });
         for yes in [
@@ -181,17 +283,16 @@ mod tests {
 
     #[test]
     fn disabled_monitor_and_only_always_allowed() {
-        let disabled = VerdictModel::from_policy(&policy("", &[], Mode::Enforce)).unwrap();
+        let disabled = VerdictModel::from_policy(&policy("", &[], Mode::Enforce));
         assert!(!disabled.enabled());
         assert!(!disabled.drops(ip("192.0.2.1"), 6443));
 
-        let monitor = VerdictModel::from_policy(&policy("10.0.0.0/8", &[], Mode::Monitor)).unwrap();
+        let monitor = VerdictModel::from_policy(&policy("10.0.0.0/8", &[], Mode::Monitor));
         assert!(monitor.denies(ip("192.0.2.1"), 6443));
         assert!(!monitor.drops(ip("192.0.2.1"), 6443));
 
         let only =
-            VerdictModel::from_policy(&policy("0.0.0.0/32", &["198.51.100.7/32"], Mode::Enforce))
-                .unwrap();
+            VerdictModel::from_policy(&policy("0.0.0.0/32", &["198.51.100.7/32"], Mode::Enforce));
         assert!(only.enabled());
         assert!(only.authorizes(ip("198.51.100.7")));
         assert!(!only.authorizes(ip("10.0.0.1")));
@@ -226,6 +327,51 @@ mod tests {
             for n in &nets {
                 prop_assert!(gate.authorizes(n.network()));
                 prop_assert!(gate.authorizes(n.broadcast()));
+            }
+        }
+
+        /// A policy's gate (merged ranges united with the always-allow list) answers and counts
+        /// as merging every authorized prefix at once does.
+        #[test]
+        fn from_policy_unites_ranges_and_always_allow(
+            ranges in proptest::collection::vec((any::<u32>(), 8u8..=32), 1..40),
+            always in proptest::collection::vec((any::<u32>(), 8u8..=32), 0..8),
+            v6 in proptest::collection::vec((any::<u128>(), 0u8..=128), 0..8),
+            probes in proptest::collection::vec(any::<u32>(), 1..40),
+        ) {
+            // Prefixes clustered in 10.0.0.0/8 (so ranges and always-allow overlap and touch).
+            let near = |(a, len): (u32, u8)| {
+                IpNet::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (a & 0x00ff_ffff))), len)
+                    .unwrap()
+                    .trunc()
+            };
+            let mut list: Vec<IpNet> = ranges.into_iter().map(near).collect();
+            list.extend(v6.into_iter().map(|(a, len)| {
+                IpNet::new(IpAddr::V6(a.into()), len).unwrap().trunc()
+            }));
+            list.sort();
+            list.dedup();
+            let always: Vec<IpNet> = always.into_iter().map(near).collect();
+            let policy = Policy {
+                ranges: crate::policy::AuthorizedRanges::new(
+                    crate::policy::language::RangeList::Ranges(list.clone()),
+                ),
+                always_allow: always.clone(),
+                ..Policy::default()
+            };
+            let gate = VerdictModel::from_policy(&policy);
+            let all: Vec<IpNet> = list.iter().chain(&always).copied().collect();
+            let merged = merge(&all);
+            let v4 = merged.iter().filter(|n| matches!(n, IpNet::V4(_))).count();
+            prop_assert_eq!(gate.counts(), FamilyCounts { v4, v6: merged.len() - v4 });
+            let edges = all.iter().flat_map(|n| [n.network(), n.broadcast()]);
+            let around = all.iter().flat_map(|n| {
+                let (first, last) = (u32::from(ipv4(n.network())), u32::from(ipv4(n.broadcast())));
+                [first.wrapping_sub(1), last.wrapping_add(1)].map(|a| IpAddr::V4(a.into()))
+            });
+            let random = probes.into_iter().map(|p| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (p & 0x00ff_ffff))));
+            for addr in edges.chain(around).chain(random) {
+                prop_assert_eq!(gate.authorizes(addr), all.iter().any(|n| n.contains(&addr)), "{}", addr);
             }
         }
     }

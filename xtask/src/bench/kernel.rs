@@ -285,7 +285,7 @@ fn load_list(layout: &PinLayout, capacity: u32, lookup: Lookup, text: &str) -> R
         let started = Instant::now();
         let mut filter = Filter::open_for_write(layout)?;
         let mut policy = filter.record()?.policy;
-        policy.ranges = text.to_owned();
+        policy.ranges = text.parse()?;
         let applied = filter.apply_policy(policy);
         drop(filter);
         let apply = started.elapsed();

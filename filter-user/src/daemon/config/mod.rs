@@ -43,7 +43,7 @@ use self::{
 
 use crate::{
     daemon::bounded_read,
-    daemon::desired::{Authorized, RangeEntry, parse_single},
+    daemon::desired::{Authorized, RangeEntry, dedup, parse_single},
     kernel::names::{NameError, check_interface},
     kernel::paths::{DEFAULT_BPFFS_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR},
     policy::echo::escape,
@@ -875,10 +875,10 @@ fn authorized_ranges(value: Value) -> Result<Authorized, ConfigError> {
             special.get_or_insert((position, entry.text()));
             continue;
         }
-        if !entries.iter().any(|e| e.same_target(&entry.entry)) {
-            entries.push(entry);
-        }
+        entries.push(entry);
     }
+    // Repeats are dropped keeping the first, in one pass (lists can hold a million entries).
+    let entries = dedup(entries);
     match special {
         Some((position, entry)) if !entries.is_empty() => Err(ConfigError::Range {
             key: KEY,
@@ -967,6 +967,7 @@ fn parse_expiry(position: usize, text: &str, shown: &str) -> Result<OffsetDateTi
 fn always_allow(value: Value) -> Result<Vec<IpNet>, ConfigError> {
     const KEY: &str = "always_allow";
     let mut nets: Vec<IpNet> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (index, item) in list(KEY, value, "a list of addresses or CIDRs (strings)")?
         .into_iter()
         .enumerate()
@@ -995,7 +996,7 @@ fn always_allow(value: Value) -> Result<Vec<IpNet>, ConfigError> {
                 });
             }
             Entry::Prefix(net) => {
-                if !nets.contains(&net) {
+                if seen.insert(net) {
                     nets.push(net);
                 }
             }
