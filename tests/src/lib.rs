@@ -12,7 +12,9 @@
 //! - [`topology`]: an API server namespace and a client namespace, joined, with servers;
 //! - [`etcd`]: a real etcd cluster in its own namespace (members killed and restarted at will);
 //! - [`wait`]: bounded polling;
-//! - [`frame`]: Ethernet/VLAN/IPv4/IPv6/TCP/UDP frame builders.
+//! - [`frame`]: Ethernet/VLAN/IPv4/IPv6/TCP/UDP frame builders;
+//! - [`oracle`]: frames written with `etherparse` and a naive model of the README's rules, the
+//!   independent side of the differential test and fuzz target.
 //!
 //! Privileged tests start with `if !require_privileges("name") { return; }`.
 #![warn(missing_docs)]
@@ -23,6 +25,7 @@ pub mod etcd;
 pub mod frame;
 pub mod link;
 pub mod netns;
+pub mod oracle;
 pub mod privileges;
 pub mod stream;
 pub mod tcp;
