@@ -31,8 +31,8 @@ use apifence_tests::oracle::{
     list::{List, Mode, Near, source_near},
     model::{judge, model, seen_bytes},
     shape::{
-        Ext, L3, L4, MAX_AUTH_ICV_WORDS, MAX_EXT_UNITS, MAX_FRAGMENT_OFFSET, MAX_V4_OPTIONS,
-        Shape, TPID_8021AD, TPID_8021Q, V4Damage, build,
+        Ext, L3, L4, MAX_AUTH_ICV_WORDS, MAX_EXT_UNITS, MAX_FRAGMENT_OFFSET, MAX_V4_OPTIONS, Shape,
+        TPID_8021AD, TPID_8021Q, V4Damage, build,
     },
 };
 use ipnet::IpNet;
