@@ -95,6 +95,49 @@ impl Drop for Bpffs {
     }
 }
 
+/// Moves the calling thread into a private mount namespace with a fresh tmpfs over
+/// [`BASE_DIR`]: bpffs mounts the thread makes afterwards (and the programs and maps pinned in
+/// them) go away with the process, even when it never drops its [`Bpffs`] values (a fuzz
+/// target's per-process state, or a run ended by `abort`). Other threads and processes keep
+/// the host's mounts, and nothing is left in the host's `BASE_DIR`.
+pub fn private_mounts() -> Result<()> {
+    // SAFETY: plain syscalls with valid NUL-terminated strings or null pointers.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNS)");
+    }
+    // Without this the mounts below would propagate back to the host's namespace.
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("making / a private mount");
+    }
+    std::fs::create_dir_all(BASE_DIR).with_context(|| format!("creating {BASE_DIR}"))?;
+    let target = c_path(Path::new(BASE_DIR))?;
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            c"mode=0700".as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mounting a private tmpfs at {BASE_DIR}"));
+    }
+    Ok(())
+}
+
 /// Whether `path` lies on a bpffs.
 pub fn is_bpffs(path: &Path) -> bool {
     let Ok(c) = c_path(path) else { return false };

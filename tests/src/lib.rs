@@ -13,7 +13,9 @@
 //! - [`etcd`]: a real etcd cluster in its own namespace (members killed and restarted at will);
 //! - [`tun`]: tun devices (L3, no Ethernet header) and two of them joined by a packet relay;
 //! - [`wait`]: bounded polling;
-//! - [`frame`]: Ethernet/VLAN/IPv4/IPv6/TCP/UDP frame builders.
+//! - [`frame`]: Ethernet/VLAN/IPv4/IPv6/TCP/UDP frame builders;
+//! - [`oracle`]: frames written with `etherparse` and a naive model of the README's rules, the
+//!   independent side of the differential test and fuzz target.
 //!
 //! Privileged tests start with `if !require_privileges("name") { return; }`.
 #![warn(missing_docs)]
@@ -24,6 +26,7 @@ pub mod etcd;
 pub mod frame;
 pub mod link;
 pub mod netns;
+pub mod oracle;
 pub mod privileges;
 pub mod stream;
 pub mod tcp;

@@ -1,8 +1,9 @@
 //! `cargo xtask fuzz`: runs the `cargo fuzz` targets of `filter-user/fuzz` (range language,
-//! config file, service-tags file, socket protocol, deny-event intake) with libFuzzer, each for
-//! a bounded time or number of runs, and prints one line of figures per target (executions,
-//! corpus size, coverage). `cargo xtask test` runs a short pass; the long runs recorded in
-//! TESTING.md use `--runs`.
+//! config file, service-tags file, socket protocol, deny-event intake, and the XDP program
+//! against the README's model through `BPF_PROG_TEST_RUN`) with libFuzzer, each for a bounded
+//! time or number of runs, and prints one line of figures per target (executions, corpus size,
+//! coverage). `xdp_differential` needs root and fails, never skips, without it. `cargo xtask
+//! test` runs a short pass; the long runs recorded in TESTING.md use `--runs`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,12 +18,13 @@ use crate::tools_dir::tools_prefix;
 /// cargo-fuzz version the targets are built with.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Every target, as named in `filter-user/fuzz/Cargo.toml`.
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "range_language",
     "config_file",
     "service_tags",
     "socket_protocol",
     "deny_event",
+    "xdp_differential",
 ];
 /// Bound on installing cargo-fuzz.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(20 * 60);
@@ -95,7 +97,8 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
             None => format!("-max_total_time={}", args.seconds),
         };
         let bound = match args.runs {
-            // Generous: the slowest target does thousands of runs per second.
+            // Generous: the slowest target (xdp_differential, a few syscalls per input) does
+            // thousands of runs per second.
             Some(runs) => Duration::from_secs(600 + runs / 500),
             None => Duration::from_secs(args.seconds + 300),
         };

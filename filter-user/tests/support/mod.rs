@@ -1,5 +1,6 @@
 //! Shared by the tests that run frames through the real program with `BPF_PROG_TEST_RUN`
-//! (`verdicts.rs`, `deny_log.rs`): the program loaded and pinned in a private bpffs with a
+//! (`verdicts.rs`, `deny_log.rs`, `oracle.rs` and, through `#[path]`, the fuzz target
+//! `xdp_differential`): the program loaded and pinned in a private bpffs with a
 //! policy applied, and one way to run a frame through it.
 
 #![allow(dead_code, reason = "each test crate uses a part of it")]
@@ -15,10 +16,10 @@ use apifence_tests::{bpffs::Bpffs, frame::Frame};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use aya_obj::programs::XdpAttachType;
 
-/// `XDP_DROP`.
-pub const XDP_DROP: u32 = 1;
-/// `XDP_PASS`.
-pub const XDP_PASS: u32 = 2;
+pub mod oracle_kernel;
+
+#[allow(unused_imports, reason = "each test crate uses a part of it")]
+pub use apifence_tests::oracle::model::{XDP_DROP, XDP_PASS};
 
 /// The program loaded and pinned in a private bpffs, with a policy applied.
 pub struct Lab {
