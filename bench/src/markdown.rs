@@ -238,6 +238,9 @@ fn headline(md: &mut String, r: &Results) {
                     }
                 }
             }
+            if parts.is_empty() {
+                continue;
+            }
             let _ = writeln!(
                 md,
                 "- In the kernel, {}: apifence's cost per packet in ns, one authorized source / \
