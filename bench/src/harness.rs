@@ -258,7 +258,7 @@ fn check(dir: &Path, args: &BenchArgs) -> Result<()> {
     let stale = stale_files(&rendered(&collected, &out_dir, markdown.as_deref()));
     if !stale.is_empty() {
         bail!(
-            "{} differ from what the results files in {} render to:\n  {}\nregenerate them with \
+            "{} from what the results files in {} render to:\n  {}\nregenerate them with \
              `cargo xtask bench --render` (and commit them with the results files); `git diff` \
              then shows what changed",
             if stale.len() == 1 {
