@@ -52,8 +52,8 @@ enum Task {
     /// Build the Debian package (target/debian/apifence_*.deb) and check it: contents, conffile,
     /// man pages, completions, lintian (installs lintian and cargo-deb when missing).
     Package,
-    /// Measure apifence against the kernel's alternatives; writes BENCHMARKS.md and bench/
-    /// (needs root).
+    /// Measure apifence against the kernel's alternatives with the harness crate `bench/`:
+    /// writes bench/results/ and BENCHMARKS.md (needs root; `--render` measures nothing).
     Bench(bench::BenchArgs),
     /// Boot Debian's 5.10, 6.1 and 6.12 kernels in qemu and run the filter end to end in each;
     /// writes target/kernel-matrix.md (needs root).

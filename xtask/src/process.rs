@@ -1,5 +1,6 @@
 //! Running the tools xtask drives: echoing the command line, forwarding output live, bounding
-//! the wait, and locating the workspace.
+//! the wait, and locating the workspace. The benchmark harness (`bench/`, a crate one level
+//! below the workspace root like xtask) includes this file too.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use apifence_tests::cmd::{describe, wait_with_timeout};
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("xtask lives inside the workspace")
+        .expect("xtask and the bench crate live inside the workspace")
         .to_path_buf()
 }
 

@@ -1,6 +1,7 @@
-//! `cargo xtask test`: what CI runs. Setup, format check, clippy (host crates and the eBPF crate
-//! for its real target), the CLI binary, every test with privileged tests required, then the
-//! Debian package built and checked (`cargo xtask package`).
+//! `cargo xtask test`: what CI runs. Setup, format check, clippy (host crates and the eBPF crates
+//! for their real target), the CLI binary, every test with privileged tests required (the bench
+//! crate's among them: BENCHMARKS.md must be what its results files render to), then the Debian
+//! package built and checked (`cargo xtask package`).
 
 use std::time::Duration;
 
@@ -15,6 +16,10 @@ use crate::setup;
 
 /// Bound on the whole `cargo test` run.
 const TEST_TIMEOUT: Duration = Duration::from_secs(45 * 60);
+
+/// The eBPF crates (the production program and the benchmark's own programs): they build only
+/// for the BPF target.
+const EBPF_CRATES: [&str; 2] = ["filter-ebpf", "apifence-bench-ebpf"];
 
 /// Runs the suite; fails if any step failed, after printing `N passed, N failed`.
 pub fn run() -> Result<()> {
@@ -40,34 +45,15 @@ pub fn run() -> Result<()> {
             BUILD_TIMEOUT,
         ),
     );
-    // filter-ebpf is a no_std BPF binary: linted for its own target below, not for the host.
+    // The eBPF crates are no_std BPF binaries: linted for their own target below, not for the
+    // host. Everything else, the bench harness included, is linted here.
     step(
         "clippy",
         run_live(
             cargo()
-                .args([
-                    "clippy",
-                    "--workspace",
-                    "--exclude",
-                    "filter-ebpf",
-                    "--all-targets",
-                ])
-                .args(["--", "-D", "warnings"]),
-            BUILD_TIMEOUT,
-        ),
-    );
-    step(
-        "clippy (bench harness)",
-        run_live(
-            cargo()
-                .args([
-                    "clippy",
-                    "-p",
-                    "xtask",
-                    "--all-targets",
-                    "--features",
-                    "bench",
-                ])
+                .args(["clippy", "--workspace"])
+                .args(EBPF_CRATES.iter().flat_map(|c| ["--exclude", c]))
+                .arg("--all-targets")
                 .args(["--", "-D", "warnings"]),
             BUILD_TIMEOUT,
         ),
@@ -85,7 +71,8 @@ pub fn run() -> Result<()> {
             println!("{BIN_ENV}={}", bin.display());
             let result = run_live_lines(
                 cargo()
-                    .args(["test", "--workspace", "--exclude", "filter-ebpf"])
+                    .args(["test", "--workspace"])
+                    .args(EBPF_CRATES.iter().flat_map(|c| ["--exclude", c]))
                     .env(BIN_ENV, &bin)
                     .env(REQUIRE_ENV, "1"),
                 TEST_TIMEOUT,
@@ -129,20 +116,15 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Clippy on the eBPF crate for `bpfel-unknown-none` with nightly (as the build compiles it),
-/// in its own target directory so it never waits on the host build's lock.
+/// Clippy on the eBPF crates for `bpfel-unknown-none` with nightly (as the build compiles
+/// them), in their own target directory so it never waits on the host build's lock.
 fn clippy_ebpf() -> Result<()> {
     let target_dir = crate::process::workspace_root().join("target/clippy-ebpf");
     run_live(
         cargo()
-            .args([
-                "+nightly",
-                "clippy",
-                "-p",
-                "filter-ebpf",
-                "--bins",
-                "--release",
-            ])
+            .args(["+nightly", "clippy"])
+            .args(EBPF_CRATES.iter().flat_map(|c| ["-p", c]))
+            .args(["--bins", "--release"])
             .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
             .arg("--target-dir")
             .arg(target_dir)

@@ -1,6 +1,7 @@
 //! The embedded XDP object file.
 
-/// The compiled `filter-ebpf` object, aligned for `aya::Ebpf::load`.
+/// The compiled `filter-ebpf` object (the `apifence` XDP program and its maps; the benchmark's
+/// programs are an object of their own, in `bench/ebpf`), aligned for `aya::Ebpf::load`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apifence-xdp"));
 
 /// The verdict-trace object (`filter-ebpf/src/trace_main.rs`): the same filter, with the same
@@ -8,11 +9,6 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// `apifence trace` (`kernel::trace`).
 pub static TRACE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apifence-trace-xdp"));
-
-/// Benchmark-only programs (`filter-ebpf/src/bench.rs`), used by `cargo xtask bench`; never
-/// attached by apifence itself.
-pub static BENCH_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apifence-bench-xdp"));
 
 #[cfg(test)]
 mod tests {
@@ -26,6 +22,9 @@ mod tests {
     #[test]
     fn the_trace_lives_in_its_own_object_with_the_same_maps() {
         let production = aya_obj::Object::parse(OBJECT).expect("production object");
+        // The production object holds the filter's program and nothing else.
+        let names: Vec<&str> = production.programs.keys().map(String::as_str).collect();
+        assert_eq!(names, [PROGRAM_NAME]);
         let trace = aya_obj::Object::parse(TRACE_OBJECT).expect("trace object");
         assert!(production.programs.contains_key(PROGRAM_NAME));
         assert!(!production.programs.contains_key(TRACE_PROGRAM_NAME));

@@ -1,7 +1,7 @@
-//! The benchmark-only eBPF object (`filter-ebpf/src/bench.rs`, embedded as
-//! `apifence::kernel::program::BENCH_OBJECT`): loading it, filling its key sets, pointing its rotating
-//! program at a target, running programs through `BPF_PROG_TEST_RUN`, and the tc egress pair of
-//! the end-to-end runs. Map and program names mirror `bench.rs`.
+//! The benchmark-only eBPF object (`bench/ebpf`, compiled by this crate's build.rs and embedded
+//! here as [`BENCH_OBJECT`]): loading it, filling its key sets, pointing its rotating program at
+//! a target, running programs through `BPF_PROG_TEST_RUN`, and the tc egress pair of the
+//! end-to-end runs. Map and program names mirror `bench/ebpf/src/main.rs`.
 
 use std::time::Duration;
 
@@ -10,6 +10,11 @@ use aya::maps::{Array, MapData, PerCpuArray, ProgramArray};
 use aya::programs::tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcAttachType};
 use aya::programs::{ProgramFd, SchedClassifier, TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
+
+/// The benchmark's own programs (`bench/ebpf`), never part of the production object that the
+/// apifence library embeds.
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apifence-bench-xdp"));
 
 /// The empty XDP program (returns `XDP_PASS`).
 pub const EMPTY: &str = "bench_empty";
@@ -44,7 +49,7 @@ impl BenchObject {
     pub fn load(key_slots: u32) -> Result<BenchObject> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("KEYS", key_slots.max(1))
-            .load(apifence::kernel::program::BENCH_OBJECT)
+            .load(BENCH_OBJECT)
             .context("loading the benchmark object")?;
         for name in [EMPTY, DROP, PARSE, ROTATE] {
             let program: &mut Xdp = ebpf

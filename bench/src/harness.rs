@@ -1,6 +1,8 @@
 //! The run itself: preflight, each section in turn (with everything it builds torn down by
-//! `Drop`, also on error or Ctrl-C), then results.json, the plots and the Markdown report, and
-//! finally the checks.
+//! `Drop`, also on error or Ctrl-C), then one results file per section, the plots and the
+//! Markdown report (rendered from every results file in the directory), and finally the checks.
+//! Also `--render` (and `--render --check`): the plots and the report from the results files
+//! alone.
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -11,7 +13,7 @@ use super::lab::{self, Lab};
 use super::machine::Machine;
 use super::object::BenchObject;
 use super::plan::Plan;
-use super::report::{NotMeasured, Results, SCHEMA};
+use super::report::{self, Collected, NotMeasured, RESULTS_DIR, Results, SCHEMA};
 use super::{BenchArgs, Section, control, e2e, fleet, kernel, markdown, memory, plot, tools};
 use crate::process::{is_root, workspace_root};
 
@@ -34,8 +36,15 @@ impl Drop for Workdir {
 
 /// Runs the benchmark as configured by `args`.
 pub fn run(args: &BenchArgs) -> Result<()> {
-    if let Some(path) = &args.render {
-        return render(path, args);
+    if let Some(dir) = &args.render {
+        let dir = dir
+            .clone()
+            .unwrap_or_else(|| workspace_root().join(RESULTS_DIR));
+        return if args.check {
+            check(&dir, args)
+        } else {
+            render(&dir, args)
+        };
     }
     if !is_root() {
         bail!("the benchmark needs root (XDP, network namespaces, nftables)");
@@ -48,7 +57,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         if plan.quick {
             root.join("target").join("bench-quick")
         } else {
-            root.join("bench")
+            root.join(RESULTS_DIR)
         }
     });
     let markdown_path = args
@@ -157,16 +166,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         memory: memory_results,
         fleet: fleet_results,
         problems: Vec::new(),
+        commit: report::current_commit(),
+        note: None,
     };
     results.problems = results.check();
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    results.write_json(&out_dir)?;
-    write_reports(&results, &out_dir, markdown_path.as_deref())?;
-    eprintln!(
-        "bench: wrote {} ({:.0} s)",
-        out_dir.join("results.json").display(),
-        results.duration_s
-    );
+    for path in results.write_sections(&out_dir)? {
+        eprintln!(
+            "bench: wrote {} ({:.0} s)",
+            path.display(),
+            results.duration_s
+        );
+    }
+    write_reports(
+        &report::collect(&out_dir)?,
+        &out_dir,
+        markdown_path.as_deref(),
+    )?;
     if !results.problems.is_empty() {
         bail!(
             "the benchmark ran but found problems:\n  {}",
@@ -176,36 +192,115 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes the plots into `out_dir` and, when asked, the Markdown report.
-fn write_reports(results: &Results, out_dir: &Path, markdown: Option<&Path>) -> Result<()> {
-    let plots = plot::write_all(results, out_dir)?;
+/// What `collected` renders to: each file's path and text (the plots into `out_dir`, the
+/// report to `markdown` when given).
+fn rendered(
+    collected: &Collected,
+    out_dir: &Path,
+    markdown: Option<&Path>,
+) -> Vec<(PathBuf, String)> {
+    let plots = plot::render_all(&collected.merged);
+    let mut files = Vec::new();
     if let Some(path) = markdown {
-        let text = markdown::render(results, &relative_to(out_dir, path), &plots);
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        let text = markdown::render(collected, &relative_to(out_dir, path), &plots);
+        files.push((path.to_path_buf(), text));
+    }
+    files.extend(plots.into_iter().map(|p| (out_dir.join(&p.file), p.svg)));
+    files
+}
+
+/// Writes the plots into `out_dir` and, when asked, the Markdown report.
+fn write_reports(collected: &Collected, out_dir: &Path, markdown: Option<&Path>) -> Result<()> {
+    for (path, text) in rendered(collected, out_dir, markdown) {
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("bench: wrote {}", path.display());
     }
     Ok(())
 }
 
-/// `--render FILE`: the plots and the report from an existing results.json, measuring nothing.
-fn render(path: &Path, args: &BenchArgs) -> Result<()> {
-    let path = &path
-        .canonicalize()
-        .with_context(|| format!("finding {}", path.display()))?;
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let results: Results =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let out_dir = args.out.clone().unwrap_or_else(|| {
-        path.parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-    });
+/// Where `--render` puts the plots and the report: `--out` or next to the results, and
+/// `--markdown` or BENCHMARKS.md unless every section comes from a quick run.
+fn render_targets(
+    dir: &Path,
+    args: &BenchArgs,
+    collected: &Collected,
+) -> (PathBuf, Option<PathBuf>) {
+    let out_dir = args.out.clone().unwrap_or_else(|| dir.to_path_buf());
+    let all_quick = collected.runs.iter().all(|r| r.results.plan.quick);
     let markdown = args
         .markdown
         .clone()
-        .or_else(|| (!results.plan.quick).then(|| workspace_root().join("BENCHMARKS.md")));
+        .or_else(|| (!all_quick).then(|| workspace_root().join("BENCHMARKS.md")));
+    (out_dir, markdown)
+}
+
+/// `--render [DIR]`: the plots and the report from the results files in `dir`, measuring
+/// nothing.
+fn render(dir: &Path, args: &BenchArgs) -> Result<()> {
+    let dir = &dir
+        .canonicalize()
+        .with_context(|| format!("finding {}", dir.display()))?;
+    let collected = report::collect(dir)?;
+    let (out_dir, markdown) = render_targets(dir, args, &collected);
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    write_reports(&results, &out_dir, markdown.as_deref())
+    write_reports(&collected, &out_dir, markdown.as_deref())
+}
+
+/// `--render [DIR] --check`: fails, naming every file that differs and the command that
+/// regenerates them, unless the report and the plots on disk are exactly what the results files
+/// in `dir` render to.
+fn check(dir: &Path, args: &BenchArgs) -> Result<()> {
+    let dir = &dir
+        .canonicalize()
+        .with_context(|| format!("finding {}", dir.display()))?;
+    let collected = report::collect(dir)?;
+    let (out_dir, markdown) = render_targets(dir, args, &collected);
+    let stale = stale_files(&rendered(&collected, &out_dir, markdown.as_deref()));
+    if !stale.is_empty() {
+        bail!(
+            "{} from what the results files in {} render to:\n  {}\nregenerate them with \
+             `cargo xtask bench --render` (and commit them with the results files); `git diff` \
+             then shows what changed",
+            if stale.len() == 1 {
+                "this file"
+            } else {
+                "these files"
+            },
+            dir.display(),
+            stale.join("\n  ")
+        );
+    }
+    eprintln!(
+        "bench: the report and the plots match the results files in {}",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// Every file of `expected` whose content on disk differs (or that is missing), with the first
+/// differing line.
+fn stale_files(expected: &[(PathBuf, String)]) -> Vec<String> {
+    let mut stale = Vec::new();
+    for (path, text) in expected {
+        let shown = path
+            .strip_prefix(workspace_root())
+            .unwrap_or(path)
+            .display()
+            .to_string();
+        match std::fs::read_to_string(path) {
+            Err(e) => stale.push(format!("{shown}: {e}")),
+            Ok(found) if found != *text => {
+                let line = found
+                    .lines()
+                    .zip(text.lines())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or_else(|| found.lines().count().min(text.lines().count()));
+                stale.push(format!("{shown}: differs from line {}", line + 1));
+            }
+            Ok(_) => {}
+        }
+    }
+    stale
 }
 
 /// `dir` as seen from the directory holding `file` (for links in the Markdown).
@@ -298,4 +393,41 @@ fn not_measured(plan: &Plan, e2e: Option<&e2e::E2eResults>) -> Vec<NotMeasured> 
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// The committed BENCHMARKS.md and plots are exactly what the committed results files render
+    /// to (what `cargo xtask bench --render --check` checks).
+    #[test]
+    fn committed_report_matches_the_results_files() {
+        let args = BenchArgs::parse_from(["bench", "--render", "--check"]);
+        if let Err(e) = check(&workspace_root().join(RESULTS_DIR), &args) {
+            panic!("{e:#}");
+        }
+    }
+
+    /// A report that differs from its results is named, with the line where it starts to differ.
+    #[test]
+    fn stale_files_names_the_first_differing_line() {
+        let dir = std::env::temp_dir().join(format!("apifence-bench-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("report.md");
+        std::fs::write(&path, "a\nb\nc\n").unwrap();
+        let same = stale_files(&[(path.clone(), "a\nb\nc\n".into())]);
+        let differs = stale_files(&[(path.clone(), "a\nB\nc\n".into())]);
+        let longer = stale_files(&[(path.clone(), "a\nb\nc\nd\n".into())]);
+        let missing = stale_files(&[(dir.join("missing.md"), "a\n".into())]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(same.is_empty(), "{same:?}");
+        assert_eq!(differs.len(), 1);
+        assert!(differs[0].ends_with("differs from line 2"), "{differs:?}");
+        assert!(longer[0].ends_with("differs from line 4"), "{longer:?}");
+        assert_eq!(missing.len(), 1);
+        assert!(missing[0].contains("missing.md"), "{missing:?}");
+    }
 }

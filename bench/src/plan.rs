@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::BenchArgs;
+use crate::BenchArgs;
 
 /// A list size: synthetic with `n` prefixes, or the real AzureCloud service tag.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,16 +14,23 @@ use apifence_tests::cmd::{check, describe, output_with_timeout};
 use serde::{Deserialize, Serialize};
 
 use crate::process::which;
-use crate::setup::{AptPackage, Task, packages_for};
+
+/// The tools the benchmark drives: command, and the Debian package it comes from (recorded with
+/// the results). `cargo xtask bench` installs them first (`cargo xtask setup --for bench`, whose
+/// table `APT_PACKAGES` in `xtask/src/setup.rs` says why each is needed).
+const TOOLS: [(&str, &str); 8] = [
+    ("ip", "iproute2"),
+    ("nft", "nftables"),
+    ("ipset", "ipset"),
+    ("iptables", "iptables"),
+    ("xdp-filter", "xdp-tools"),
+    ("trafgen", "netsniff-ng"),
+    ("bpftool", "bpftool"),
+    ("etcd", "etcd-server"),
+];
 
 /// Bound on one tool invocation (loading 100k nft interval elements takes seconds).
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// The tools the benchmark uses: the packages `setup` installs for it (one table, in
-/// [`crate::setup::APT_PACKAGES`]).
-fn tools() -> impl Iterator<Item = &'static AptPackage> {
-    packages_for(&[Task::Bench])
-}
 
 /// A tool found (or not) and its version line.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -38,15 +45,16 @@ pub struct ToolInfo {
     pub version: Option<String>,
 }
 
-/// Looks every tool of [`tools`] up and asks its version.
+/// Looks every tool of [`TOOLS`] up and asks its version.
 pub fn inventory() -> Vec<ToolInfo> {
-    tools()
-        .map(|tool| {
-            let path = which(tool.command);
-            let version = path.as_ref().and_then(|p| version_of(tool.command, p));
+    TOOLS
+        .iter()
+        .map(|&(command, package)| {
+            let path = which(command);
+            let version = path.as_ref().and_then(|p| version_of(command, p));
             ToolInfo {
-                name: tool.command.into(),
-                package: tool.package.into(),
+                name: command.into(),
+                package: package.into(),
                 path,
                 version,
             }
@@ -78,9 +86,10 @@ fn version_of(name: &str, path: &Path) -> Option<String> {
 /// The absolute path of `name`, or an error naming the Debian package to install.
 pub fn require(name: &str) -> Result<PathBuf> {
     which(name).with_context(|| {
-        let package = tools()
-            .find(|t| t.command == name)
-            .map_or(name, |t| t.package);
+        let package = TOOLS
+            .iter()
+            .find(|(command, _)| *command == name)
+            .map_or(name, |(_, package)| package);
         format!(
             "{name} is not installed (`cargo xtask setup --for bench`, or apt-get install \
              --no-install-recommends --no-remove {package})"

@@ -1,4 +1,5 @@
-//! Benchmark-only programs (`cargo xtask bench`); never part of the production object.
+//! Benchmark-only programs (`cargo xtask bench`), in an object of their own: the production
+//! object (`filter-ebpf`, embedded by filter-user) does not contain them.
 //!
 //! The harness measures the production `apifence` program itself, loaded from the production
 //! object and pinned by the loader. What this object adds around it:
@@ -17,12 +18,14 @@
 //!   to the sender as sent) measures the sender's own cost along the same code path.
 //!
 //! Map names and the meaning of [`CONFIG`]'s entries are mirrored in the harness
-//! (`xtask/src/bench/object.rs`).
+//! (`bench/src/object.rs`).
 #![no_std]
 #![no_main]
 
-// Only `classify` is used here; the rest serves the production program.
+// The production parser, the very file the production program compiles. Only `classify` is
+// used here; the rest serves the production program.
 #[allow(dead_code)]
+#[path = "../../../filter-ebpf/src/parse.rs"]
 mod parse;
 
 use aya_ebpf::{

@@ -3,9 +3,6 @@
 //! the control plane. Points are medians; bars span the 25th to 75th percentile.
 
 use std::fmt::Write as _;
-use std::path::Path;
-
-use anyhow::{Context, Result};
 
 use super::kernel::Family;
 use super::report::Results;
@@ -360,17 +357,19 @@ impl Chart {
     }
 }
 
-/// A chart written to disk: its title and file name.
+/// A rendered chart: its title, file name and SVG text.
 #[derive(Clone, Debug)]
-pub struct Written {
+pub struct Rendered {
     /// Title (alt text).
     pub title: String,
-    /// File name inside the output directory.
+    /// File name inside the results directory.
     pub file: String,
+    /// The SVG document.
+    pub svg: String,
 }
 
-/// Writes every chart the results allow into `dir`.
-pub fn write_all(results: &Results, dir: &Path) -> Result<Vec<Written>> {
+/// Every chart the results allow.
+pub fn render_all(results: &Results) -> Vec<Rendered> {
     let mut charts = Vec::new();
     if let Some(k) = &results.kernel {
         for family in [Family::Ipv4, Family::Ipv6] {
@@ -386,20 +385,19 @@ pub fn write_all(results: &Results, dir: &Path) -> Result<Vec<Written>> {
     if let Some(c) = &results.control {
         charts.push(("control-plane.svg".into(), control_chart(c)));
     }
-    let mut written = Vec::new();
+    let mut rendered = Vec::new();
     for (file, mut chart) in charts {
         chart
             .series
             .retain(|s| !s.points.is_empty() || !s.extra.is_empty());
         let Some(svg) = chart.svg() else { continue };
-        let path = dir.join(&file);
-        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
-        written.push(Written {
+        rendered.push(Rendered {
             title: chart.title,
             file,
+            svg,
         });
     }
-    Ok(written)
+    rendered
 }
 
 fn kernel_chart(k: &super::kernel::KernelResults, family: Family) -> Chart {
