@@ -71,7 +71,7 @@ pub fn run() -> Result<()> {
             println!("{BIN_ENV}={}", bin.display());
             let result = run_live_lines(
                 cargo()
-                    .args(["test", "--workspace"])
+                    .args(["test", "--workspace", "--no-fail-fast"])
                     .args(EBPF_CRATES.iter().flat_map(|c| ["--exclude", c]))
                     .env(BIN_ENV, &bin)
                     .env(REQUIRE_ENV, "1"),

@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::Context;
 use crate::{
-    kernel::interfaces,
+    kernel::{attach, interfaces},
     policy::bypass::{self, Assessment},
 };
 
@@ -27,7 +27,9 @@ pub struct CheckArgs {
 
 /// Runs `apifence check`.
 pub fn run(context: &Context, args: &CheckArgs) -> Result<()> {
-    let assessed = bypass::assess(&interfaces::list(&context.layout)?);
+    let assessed = bypass::assess(&interfaces::list(|name| {
+        attach::filters(&context.layout, name)
+    })?);
     let open: Vec<&Assessment> = bypass::bypasses(&assessed);
     if args.json {
         let report = serde_json::json!({ "interfaces": assessed, "unfiltered": open.len() });

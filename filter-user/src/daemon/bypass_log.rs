@@ -6,7 +6,7 @@
 use tracing::{error, info, warn};
 
 use crate::{
-    kernel::{interfaces, paths::PinLayout},
+    kernel::{attach, interfaces, paths::PinLayout},
     policy::bypass,
 };
 
@@ -22,7 +22,7 @@ pub struct BypassLog {
 impl BypassLog {
     /// Reads the interfaces and logs the report when it differs from the last one.
     pub fn check(&mut self, layout: &PinLayout) {
-        let listed = match interfaces::list(layout) {
+        let listed = match interfaces::list(|name| attach::filters(layout, name)) {
             Ok(listed) => {
                 self.failing = false;
                 listed

@@ -321,7 +321,7 @@ fn renderer(
                     (name, live)
                 })
                 .collect(),
-            unfiltered_interfaces: interfaces::list(&layout)
+            unfiltered_interfaces: interfaces::list(|name| attach::filters(&layout, name))
                 .ok()
                 .map(|listed| bypass::bypasses(&bypass::assess(&listed)).len() as u64),
             expired_entries_removed: shared.expired_removed.load(Ordering::Relaxed),

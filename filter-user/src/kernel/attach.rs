@@ -491,6 +491,11 @@ pub fn liveness(layout: &PinLayout, interface: &str) -> Result<Liveness, AttachE
     }
 }
 
+/// Whether a live pinned link filters `interface` now.
+pub fn filters(layout: &PinLayout, interface: &str) -> bool {
+    liveness(layout, interface).is_ok_and(|l| l.is_live())
+}
+
 /// The attached interfaces whose links no longer filter the interface of their name, with why.
 pub fn stale_interfaces(layout: &PinLayout) -> Vec<(String, Liveness)> {
     attached_interfaces(layout)

@@ -1,8 +1,8 @@
 //! The interfaces of the current network namespace, read from rtnetlink (`RTM_GETLINK` and
 //! `RTM_GETADDR` dumps), so it answers for the namespace the process is in (`--netns`) even
-//! where /sys still shows another one. Whether apifence filters each comes from the pinned
-//! links' liveness ([`attach::liveness`]). The link type of one interface picks the program
-//! instance attached to it ([`link_type`]).
+//! where /sys still shows another one. Whether apifence filters each is the caller's answer
+//! (the pinned links' liveness, `attach::filters`). The link type of one interface picks the
+//! program instance attached to it ([`link_type`]).
 
 use std::{
     collections::HashMap,
@@ -12,11 +12,7 @@ use std::{
 };
 
 use crate::{
-    kernel::{
-        attach,
-        framing::{Framing, link_type_name},
-        paths::PinLayout,
-    },
+    kernel::framing::{Framing, link_type_name},
     policy::bypass::{Interface, LinkKind},
 };
 
@@ -263,9 +259,9 @@ pub fn link_type(name: &str) -> Result<Option<u16>, InterfacesError> {
     Ok(None)
 }
 
-/// Every interface of the current network namespace, with whether apifence's pinned links
-/// under `layout` filter it now.
-pub fn list(layout: &PinLayout) -> Result<Vec<Interface>, InterfacesError> {
+/// Every interface of the current network namespace, with whether apifence filters it now
+/// (`filtered`, asked with the interface's name).
+pub fn list(filtered: impl Fn(&str) -> bool) -> Result<Vec<Interface>, InterfacesError> {
     let mut addresses: HashMap<u32, Vec<IpAddr>> = HashMap::new();
     for datagram in dump(RTM_GETADDR, &[0u8; 8], "addresses")? {
         for message in messages(&datagram) {
@@ -276,7 +272,6 @@ pub fn list(layout: &PinLayout) -> Result<Vec<Interface>, InterfacesError> {
             }
         }
     }
-    let attached = attach::attached_interfaces(layout);
     let mut interfaces = Vec::new();
     for datagram in dump(RTM_GETLINK, &[0u8; 16], "links")? {
         for message in messages(&datagram) {
@@ -286,8 +281,7 @@ pub fn list(layout: &PinLayout) -> Result<Vec<Interface>, InterfacesError> {
             let Some(raw) = parse_link(message.payload) else {
                 continue;
             };
-            let filtered = attached.contains(&raw.name)
-                && attach::liveness(layout, &raw.name).is_ok_and(|l| l.is_live());
+            let filtered = filtered(&raw.name);
             interfaces.push(Interface {
                 kind: LinkKind::from_kernel(raw.info_kind.as_deref(), raw.hardware_type),
                 up: raw.flags & libc::IFF_UP as u32 != 0,
@@ -337,7 +331,7 @@ mod tests {
 
     #[test]
     fn this_namespace_has_a_loopback_device() {
-        let listed = list(&PinLayout::new("/nonexistent-apifence-test")).expect("rtnetlink dump");
+        let listed = list(|_| false).expect("rtnetlink dump");
         let lo = listed
             .iter()
             .find(|i| i.loopback)
