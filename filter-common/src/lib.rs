@@ -52,8 +52,9 @@ pub const MAP_DENY_EVENTS: &str = "DENY_EVENTS";
 /// Program only.
 pub const MAP_DENY_RATE: &str = "DENY_RATE";
 /// `POLICY` hash map from [`policy_chunk_key`] to a [`PolicyChunk`]: the serialized policy
-/// record each slot was written for (so the pins always say what they enforce). Only the
-/// loader reads and writes it; the program never touches it.
+/// record each slot was written for (so the pins always say what they enforce), plus the
+/// writers' flip state under [`POLICY_FLIP_STATE_KEY`]. Only the loader reads and writes it;
+/// the program never touches it.
 pub const MAP_POLICY: &str = "POLICY";
 
 /// `TABLE_ROOTS` array map of [`table::EntryPair`]s ([`table`] encoding): the compiled
@@ -192,6 +193,11 @@ pub const POLICY_CHUNK_BYTES: usize = 2048;
 pub const POLICY_MAX_CHUNKS_PER_SLOT: u32 = 32_768;
 /// `max_entries` of [`MAP_POLICY`]: both slots' chunks.
 pub const POLICY_MAP_ENTRIES: u32 = SLOT_COUNT * POLICY_MAX_CHUNKS_PER_SLOT;
+
+/// Key in [`MAP_POLICY`] of the writers' flip state (how many flips so far, and whether an RCU
+/// grace period has passed since the last one, so the inactive slot has no readers). Outside
+/// every slot's chunk keys.
+pub const POLICY_FLIP_STATE_KEY: u32 = u32::MAX;
 
 /// Key of chunk `index` of the policy record of `slot` in [`MAP_POLICY`].
 pub const fn policy_chunk_key(slot: u32, index: u32) -> u32 {
@@ -353,6 +359,7 @@ mod tests {
         let first_of_slot1 = policy_chunk_key(1, 0);
         assert!(last_of_slot0 < first_of_slot1);
         assert!(policy_chunk_key(1, POLICY_MAX_CHUNKS_PER_SLOT - 1) < POLICY_MAP_ENTRIES);
+        assert!(POLICY_FLIP_STATE_KEY >= POLICY_MAP_ENTRIES);
     }
 
     #[test]

@@ -2,8 +2,11 @@
 //! while the main thread changes the list through the library more than a thousand times
 //! (`ranges set`, `add`, `remove` as the CLI does them). Every verdict is checked: an address
 //! authorized in every list must never be dropped, and an address a change removed must never
-//! pass in a run that started after that change returned. Plus: the grace period really is an
-//! array-of-maps update, the mechanism the kernel guarantees a `synchronize_rcu()` for.
+//! pass in a run that started after that change returned. Each change is made by a writer of
+//! its own that waits for the grace period after its flip itself, leaves it for later, or never
+//! waits (as if killed): the next writer waits before writing exactly in the last case. Plus:
+//! the grace period really is an array-of-maps update, the mechanism the kernel guarantees a
+//! `synchronize_rcu()` for.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -144,13 +147,16 @@ fn no_wrong_verdict_during_a_thousand_flips() {
         })
         .collect();
 
-    let mut filter = Filter::open_for_write(&layout).expect("open for write");
     let mut flips = 0;
     let mut removals = 0;
+    // Whether the last flip was left unsettled (its token dropped), so the next apply must wait.
+    let mut left_unsettled = false;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         while flips < FLIPS {
-            let current = filter.record().expect("record").policy;
-            let list = current.ranges.list().clone();
+            // A writer per change, as separate CLI runs and daemon changes are.
+            let mut filter = Filter::open_for_write(&layout).expect("open for write");
+            let mut record = filter.record().expect("record");
+            let list = record.policy.ranges.list().clone();
             let has_toggled = list.entries().contains(&toggled()[0]);
             // Alternate between `ranges set` and `ranges add`/`remove`, as the CLI does them.
             let by_text = flips % 4 < 2;
@@ -169,7 +175,27 @@ fn no_wrong_verdict_during_a_thousand_flips() {
                     list.add(&toggled()).to_text()
                 }
             };
-            filter.apply_policy(policy(&next)).expect("apply");
+            record.policy = policy(&next);
+            // Three ways a writer finishes: waits itself (CLI), leaves the wait until after it
+            // answered (daemon), or never waits (a writer killed right after its flip).
+            let report = match flips % 3 {
+                0 => filter.apply(&record).expect("apply"),
+                style => {
+                    let (report, unsettled) = filter.apply_unsettled(&record).expect("apply");
+                    drop(filter);
+                    if style == 1 {
+                        unsettled.settle(&layout).expect("settle");
+                    }
+                    report
+                }
+            };
+            // Only a writer after one that never waited has to wait before writing (`load`
+            // waited after its flip).
+            assert_eq!(
+                report.waited_before_writing, left_unsettled,
+                "change {flips}: waited before writing"
+            );
+            left_unsettled = flips % 3 == 2;
             flips += 1;
             if has_toggled {
                 // The removal returned: from now on the toggled addresses must be dropped.

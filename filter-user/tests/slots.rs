@@ -71,7 +71,10 @@ fn longest_match(entries: &[(IpNet, u32)], addr: IpAddr) -> Option<u32> {
 
 /// Checks the compiled table of the active slot against the slot's record.
 fn check_table(maps: &FilterMaps, active: u32, round: usize, layout: &PinLayout) {
-    let table = maps.table(active).expect("a compiled filter has a table");
+    let table = maps
+        .table(active)
+        .expect("map the table")
+        .expect("a compiled filter has a table");
     let record = Filter::open(layout)
         .expect("open")
         .record()

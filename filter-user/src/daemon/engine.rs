@@ -36,7 +36,7 @@ use crate::{
     },
     kernel::attach::{self, Replacement},
     kernel::bpffs::DirLock,
-    kernel::operations::{self, AttachOptions, Filter, FilterError},
+    kernel::operations::{self, AttachOptions, Filter, FilterError, Unsettled},
     kernel::paths::{PinLayout, StateLayout},
     policy::compile,
     policy::timestamp::rfc3339,
@@ -95,6 +95,8 @@ pub struct Engine {
     warned_gone: bool,
     /// The bypass report last logged.
     bypass_log: BypassLog,
+    /// The last flip, until its grace period has been waited for ([`Engine::settle`]).
+    unsettled: Option<Unsettled>,
 }
 
 /// Everything the engine starts from.
@@ -229,6 +231,7 @@ impl Engine {
             last_attach_try: Instant::now(),
             warned_gone: false,
             bypass_log: BypassLog::default(),
+            unsettled: None,
         };
         engine.converge(replace_program)?;
         engine.bypass_log.check(&engine.layout);
@@ -393,8 +396,10 @@ impl Engine {
             self.extra_warned.clear();
         }
         let mut filter = Filter::open_for_write(&self.layout)?;
-        let report = filter.apply_policy_managed(policy.clone(), &self.config_path)?;
+        let (report, unsettled) = filter.apply_policy_managed(policy.clone(), &self.config_path)?;
         drop(filter);
+        // An earlier flip's token is stale now (this apply waited for it if needed).
+        self.unsettled = Some(unsettled);
         if reloaded {
             // The policy is in place before any interface sees the program again.
             self.attach_missing(true);
@@ -477,6 +482,23 @@ impl Engine {
                      `apifence detach {interface}` removes it"
                 );
             }
+        }
+    }
+
+    /// Waits for the grace period after the last flip, if not done yet, and records it, so the
+    /// next change writes without waiting. Called after a command was answered: a client's
+    /// change is enforced before the answer, and this wait is no longer on its path. A failure
+    /// only costs time (the next change waits before writing), and is logged.
+    pub fn settle(&mut self) {
+        let Some(unsettled) = self.unsettled.take() else {
+            return;
+        };
+        if let Err(e) = unsettled.settle(&self.layout) {
+            warn!(
+                error = %ErrorChain(&e),
+                "could not record the grace period after the last change; the next change waits \
+                 for one before writing"
+            );
         }
     }
 
@@ -788,9 +810,12 @@ impl Engine {
             state.authorized = Some(desired.authorized.clone());
         }
         let resolved = resolve(&desired, tags.as_deref()).map_err(|e| invalid(&e))?;
-        let capacity = Filter::open(&self.layout)
-            .map(|f| f.capacity())
-            .unwrap_or(self.config().capacity);
+        // One look at the pins for both their capacity and what they enforce.
+        let pinned = Filter::open(&self.layout).ok();
+        let capacity = pinned
+            .as_ref()
+            .map_or(self.config().capacity, |f| f.capacity());
+        let enforced = pinned.and_then(|f| f.record().ok()).map(|r| r.policy);
         let compiled = compile::compile(&resolved.policy, capacity, &BTreeMap::new())
             .map_err(|e| invalid(&e))?;
         let diff = Diff::between(&self.resolved, &resolved);
@@ -827,10 +852,6 @@ impl Engine {
         if state_changed {
             state_file::write(&self.state_layout, &state).map_err(|e| failed(&e))?;
         }
-        let enforced = Filter::open(&self.layout)
-            .and_then(|f| f.record())
-            .map(|r| r.policy)
-            .ok();
         if enforced.as_ref() != Some(&resolved.policy) {
             match self.apply(&resolved.policy) {
                 Ok(report) => {

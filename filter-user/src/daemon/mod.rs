@@ -480,8 +480,10 @@ fn engine_thread(
     if started.send(Ok(tasks)).is_err() {
         return;
     }
+    engine.settle();
     while let Some(command) = commands.blocking_recv() {
         engine.handle(command);
+        engine.settle();
     }
 }
 

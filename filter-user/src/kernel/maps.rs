@@ -13,7 +13,8 @@ use aya::maps::{
 use filter_common::{
     COUNTER_COUNT, Ipv4Bytes, Ipv6Bytes, MAP_ACTIVE_SLOT, MAP_POLICY, MAP_PORTS, MAP_RULE_HITS,
     MAP_SLOT_CONFIG, MAP_V4_SLOT0, MAP_V4_SLOT1, MAP_V6_SLOT0, MAP_V6_SLOT1, MAP_VERDICTS,
-    POLICY_CHUNK_BYTES, PORT_WORDS_PER_SLOT, PolicyChunk, RuleId, SlotConfig, policy_chunk_key,
+    POLICY_CHUNK_BYTES, POLICY_FLIP_STATE_KEY, PORT_WORDS_PER_SLOT, PolicyChunk, RuleId,
+    SlotConfig, policy_chunk_key,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -83,6 +84,46 @@ pub struct SlotContents {
     pub port_words: Vec<u32>,
 }
 
+/// The writers' flip state, kept in `POLICY` under [`POLICY_FLIP_STATE_KEY`]: how many flips
+/// were made, and whether an RCU grace period has passed since the last one (so no program can
+/// still be reading the inactive slot, and the next writer may write it without waiting).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlipState {
+    /// Flips made through this state (wraps).
+    pub flips: u64,
+    /// A grace period has passed since flip number `flips`.
+    pub settled: bool,
+}
+
+/// Leading bytes of an encoded [`FlipState`].
+const FLIP_STATE_MAGIC: [u8; 4] = *b"AFFS";
+
+impl FlipState {
+    fn encode(self) -> PolicyChunk {
+        let mut chunk = PolicyChunk {
+            bytes: [0; POLICY_CHUNK_BYTES],
+        };
+        chunk.bytes[..4].copy_from_slice(&FLIP_STATE_MAGIC);
+        chunk.bytes[4..12].copy_from_slice(&self.flips.to_le_bytes());
+        chunk.bytes[12] = u8::from(self.settled);
+        chunk
+    }
+
+    /// `None` for bytes this build did not write (then nothing is known: wait).
+    fn decode(chunk: &PolicyChunk) -> Option<Self> {
+        let bytes = &chunk.bytes;
+        if bytes[..4] != FLIP_STATE_MAGIC || bytes[12] > 1 {
+            return None;
+        }
+        let mut flips = [0u8; 8];
+        flips.copy_from_slice(&bytes[4..12]);
+        Some(Self {
+            flips: u64::from_le_bytes(flips),
+            settled: bytes[12] == 1,
+        })
+    }
+}
+
 /// The per-rule hit counters: one `u64` per rule id shared by all CPUs (the program adds
 /// atomically), memory-mapped; or, in pins made by builds before that, a per-CPU array.
 enum HitCounters {
@@ -121,8 +162,12 @@ pub struct FilterMaps {
     verdicts: PerCpuArray<MapData, u64>,
     hits: HitCounters,
     records: HashMap<MapData, u32, PolicyChunk>,
-    /// The compiled table's maps; `None` when the filter uses the LPM tries.
+    /// The filter uses the compiled table (else the LPM tries).
+    compiled: bool,
+    /// The compiled table's maps, memory-mapped on the first write: opening the filter to
+    /// read its record or counters doesn't pay for mapping megabytes.
     table: Option<TableMaps>,
+    layout: PinLayout,
     trie_capacity: u32,
 }
 
@@ -174,25 +219,43 @@ impl FilterMaps {
             verdicts: open(layout, MAP_VERDICTS)?,
             hits: HitCounters::open(layout)?,
             records: open(layout, MAP_POLICY)?,
-            table: match lookup_of_pins(layout)? {
-                Lookup::Compiled => Some(TableMaps::open(layout)?),
-                Lookup::LpmTrie => None,
-            },
+            compiled: lookup_of_pins(layout)? == Lookup::Compiled,
+            table: None,
+            layout: layout.clone(),
             trie_capacity,
         })
     }
 
     /// The compiled table `slot` holds (what its region's roots reach); `None` when the filter
     /// uses the LPM tries.
-    pub fn table(&self, slot: u32) -> Option<Table> {
-        self.table.as_ref().map(|table| table.read(slot))
+    pub fn table(&self, slot: u32) -> Result<Option<Table>, MapsError> {
+        if !self.compiled {
+            return Ok(None);
+        }
+        Ok(Some(match &self.table {
+            Some(table) => table.read(slot),
+            None => TableMaps::open(&self.layout)?.read(slot),
+        }))
+    }
+
+    /// The compiled table's maps, mapped now if they are not yet; `None` for the LPM tries.
+    fn table_maps(&mut self) -> Result<Option<&mut TableMaps>, MapsError> {
+        if !self.compiled {
+            return Ok(None);
+        }
+        let maps = match self.table.take() {
+            Some(maps) => maps,
+            None => TableMaps::open(&self.layout)?,
+        };
+        Ok(Some(self.table.insert(maps)))
     }
 
     /// The lookup the program uses.
     pub fn lookup(&self) -> Lookup {
-        match self.table {
-            Some(_) => Lookup::Compiled,
-            None => Lookup::LpmTrie,
+        if self.compiled {
+            Lookup::Compiled
+        } else {
+            Lookup::LpmTrie
         }
     }
 
@@ -215,6 +278,34 @@ impl FilterMaps {
         self.active
             .set(0, slot, 0)
             .map_err(access("writing", MAP_ACTIVE_SLOT))
+    }
+
+    /// The writers' flip state; `None` when none is stored (fresh pins, pins of an older build,
+    /// or a writer that failed to store one), which means nothing is known.
+    pub fn flip_state(&self) -> Result<Option<FlipState>, MapsError> {
+        match self.records.get(&POLICY_FLIP_STATE_KEY, 0) {
+            Ok(chunk) => Ok(FlipState::decode(&chunk)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(access("reading the flip state from", MAP_POLICY)(source)),
+        }
+    }
+
+    /// Stores the flip state. When the map refuses the element (it is full), the state is
+    /// removed instead, which means "unknown" to every reader and so is always safe.
+    pub fn set_flip_state(&mut self, state: FlipState) -> Result<(), MapsError> {
+        if self
+            .records
+            .insert(POLICY_FLIP_STATE_KEY, state.encode(), 0)
+            .is_ok()
+        {
+            return Ok(());
+        }
+        match self.records.remove(&POLICY_FLIP_STATE_KEY) {
+            Err(source) if !is_not_found(&source) => {
+                Err(access("removing the flip state from", MAP_POLICY)(source))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The prefixes stored in `slot` and their rule ids.
@@ -312,7 +403,7 @@ impl FilterMaps {
     ) -> Result<(), MapsError> {
         // The table is built before anything is written: a list that does not fit changes
         // nothing.
-        let table_diff = match &self.table {
+        let table_diff = match self.table_maps()? {
             Some(table) => Some(table_update(table, slot, compiled, previous)?),
             None => None,
         };
@@ -320,7 +411,7 @@ impl FilterMaps {
         let previous_chunks = self.forget_record(slot)?;
         let empty = SlotContents::default();
         let known = previous.unwrap_or(&empty);
-        match (&mut self.table, table_diff) {
+        match (self.table.as_mut(), table_diff) {
             (Some(table), Some(diff)) => table.write(&diff),
             _ => self.write_tries(slot, compiled, previous)?,
         }
@@ -515,11 +606,10 @@ fn table_update(
 ) -> Result<TableDiff, MapsError> {
     match previous {
         Some(previous) => {
-            let current = table.read(slot);
+            let mut current = table.read(slot);
             let old: Vec<(IpNet, RuleId)> =
                 previous.entries.iter().map(|(p, id)| (*p, *id)).collect();
-            let new = current.patch(&old, &compiled.entries)?;
-            Ok(TableDiff::between(&current, &new))
+            Ok(current.patch(&old, &compiled.entries)?)
         }
         None => {
             let current = table.read_whole(slot);

@@ -20,7 +20,7 @@ use crate::{
     kernel::bpffs::{self, BpffsError, DirLock},
     kernel::framing::Framing,
     kernel::grace_period::{GracePeriod, GracePeriodError},
-    kernel::maps::{FilterMaps, MapsError, SlotContents},
+    kernel::maps::{FilterMaps, FlipState, MapsError, SlotContents},
     kernel::paths::PinLayout,
     policy::Lookup,
     policy::XdpModeChoice,
@@ -152,8 +152,11 @@ pub struct ApplyReport {
     pub compiled: FamilyCounts,
     /// The slot now active.
     pub slot: u32,
-    /// Wall time of the apply.
+    /// Wall time of the apply, up to the flip (the new policy enforced).
     pub duration: Duration,
+    /// The apply waited for a grace period before writing, because the flip state did not say
+    /// that the last flip was settled (fresh pins, or a writer that had not waited yet).
+    pub waited_before_writing: bool,
 }
 
 /// Verdict counters and per-rule hits.
@@ -195,12 +198,45 @@ pub struct RangeHits {
 pub struct Filter {
     layout: PinLayout,
     maps: FilterMaps,
-    /// Created on the first apply (readers never need it).
+    /// Created on the first apply that must wait (readers never need it).
     grace: Option<GracePeriod>,
-    /// A grace period has passed since this writer's last flip, so the inactive slot has no
-    /// readers (only meaningful while the writer lock is held).
-    settled: bool,
     _lock: Option<DirLock>,
+}
+
+/// A flip whose grace period has not been waited for (see [`Filter::apply_unsettled`]).
+/// Dropping it is safe: the next apply then waits before writing.
+#[derive(Debug)]
+#[must_use = "settle it, or the next change waits for the grace period"]
+pub struct Unsettled {
+    /// The flip's number in the flip state.
+    flips: u64,
+}
+
+impl Unsettled {
+    /// Waits for one RCU grace period, so every program run that read the old slot index has
+    /// finished, then records in the flip state that the inactive slot has no readers, unless
+    /// another writer flipped since (the writer lock is taken only for that short update).
+    pub fn settle(self, layout: &PinLayout) -> Result<()> {
+        GracePeriod::new()?.wait()?;
+        let _lock = DirLock::acquire(layout.root())?;
+        self.mark_settled(&mut FilterMaps::open(layout)?)
+    }
+
+    /// Records that flip `self.flips` is settled, if it is still the last flip. The caller
+    /// holds the writer lock and has waited for a grace period since the flip.
+    fn mark_settled(self, maps: &mut FilterMaps) -> Result<()> {
+        let expected = FlipState {
+            flips: self.flips,
+            settled: false,
+        };
+        if maps.flip_state()? == Some(expected) {
+            maps.set_flip_state(FlipState {
+                settled: true,
+                ..expected
+            })?;
+        }
+        Ok(())
+    }
 }
 
 fn dir_name(layout: &PinLayout) -> String {
@@ -217,7 +253,6 @@ impl Filter {
             layout: layout.clone(),
             maps: FilterMaps::open(layout)?,
             grace: None,
-            settled: false,
             _lock: None,
         })
     }
@@ -232,7 +267,6 @@ impl Filter {
             layout: layout.clone(),
             maps: FilterMaps::open(layout)?,
             grace: None,
-            settled: false,
             _lock: Some(lock),
         })
     }
@@ -290,16 +324,31 @@ impl Filter {
     }
 
     /// Compiles `record` and makes it the enforced policy, atomically: once this returns, every
-    /// packet is judged against it; no packet was judged against a mix of old and new.
+    /// packet is judged against it; no packet was judged against a mix of old and new. Then
+    /// waits for the programs that read the old slot before the flip ([`Unsettled::settle`]),
+    /// so the next change can write that slot at once.
     /// On error nothing changed, except when the grace period after the flip fails
-    /// ([`FilterError::GracePeriod`]): then the new policy is live, but runs that started
-    /// before the flip may not have finished; the next apply waits again before writing.
+    /// ([`FilterError::GracePeriod`]): then the new policy is live, and the next apply waits
+    /// before writing.
     pub fn apply(&mut self, record: &Record) -> Result<ApplyReport> {
+        let (report, unsettled) = self.apply_unsettled(record)?;
+        // This writer holds the lock already: wait and record it here.
+        self.wait_for_readers()?;
+        unsettled.mark_settled(&mut self.maps)?;
+        Ok(report)
+    }
+
+    /// [`Filter::apply`] up to and including the flip: the new policy is enforced for every
+    /// program run that starts from now on. The grace period after the flip is left to the
+    /// caller ([`Unsettled::settle`], for example after answering a client); until it is
+    /// waited for, the next apply (in any process) waits before writing.
+    pub fn apply_unsettled(&mut self, record: &Record) -> Result<(ApplyReport, Unsettled)> {
         let started = Instant::now();
-        // A crash between an earlier flip and its wait (here or in another process) could leave
-        // readers on the inactive slot; waiting makes it safe to rewrite in every case. Skipped
-        // only when this writer, holding the lock since, already waited after its own flip.
-        if !(self.settled && self._lock.is_some()) {
+        // A writer that crashed, or has not yet waited, after an earlier flip could leave
+        // readers on the inactive slot: wait unless the flip state says a grace period passed.
+        let state = self.maps.flip_state()?;
+        let waited_before_writing = !state.is_some_and(|s| s.settled);
+        if waited_before_writing {
             self.wait_for_readers()?;
         }
         let active = self.maps.active_slot()?;
@@ -316,25 +365,31 @@ impl Filter {
         self.maps.zero_hits(&compiled.fresh_ids)?;
         self.maps
             .write_slot(target, &compiled, &bytes, previous.as_ref())?;
-        self.settled = false;
+        // The state says "unsettled" before the flip, so no later writer trusts an old
+        // "settled".
+        let flips = state.map_or(0, |s| s.flips).wrapping_add(1);
+        self.maps.set_flip_state(FlipState {
+            flips,
+            settled: false,
+        })?;
         self.maps.flip(target)?;
-        self.wait_for_readers()?;
-        Ok(ApplyReport {
+        let report = ApplyReport {
             given: given_counts(&record.policy),
             compiled: compiled.counts,
             slot: target,
             duration: started.elapsed(),
-        })
+            waited_before_writing,
+        };
+        Ok((report, Unsettled { flips }))
     }
 
-    /// One RCU grace period (see [`GracePeriod`]); marks the inactive slot free of readers.
+    /// One RCU grace period (see [`GracePeriod`]).
     fn wait_for_readers(&mut self) -> Result<()> {
         let grace = match &self.grace {
             Some(grace) => grace,
             None => self.grace.insert(GracePeriod::new()?),
         };
         grace.wait()?;
-        self.settled = true;
         Ok(())
     }
 
@@ -346,16 +401,17 @@ impl Filter {
     }
 
     /// Replaces the policy on behalf of the daemon configured by `config`, stamping the record
-    /// with it (see [`Record::managed_by`]).
+    /// with it (see [`Record::managed_by`]). Returns once the new policy is enforced, before
+    /// the grace period after the flip, which the daemon waits for after answering.
     pub fn apply_policy_managed(
         &mut self,
         policy: Policy,
         config: &std::path::Path,
-    ) -> Result<ApplyReport> {
+    ) -> Result<(ApplyReport, Unsettled)> {
         let mut record = self.record()?;
         record.policy = policy;
         record.managed_by = Some(config.to_path_buf());
-        self.apply(&record)
+        self.apply_unsettled(&record)
     }
 
     /// Refuses a direct change of a filter a daemon owns, unless `force`.
@@ -488,7 +544,6 @@ fn attach_locked(
         layout: layout.clone(),
         maps: FilterMaps::open(layout)?,
         grace: None,
-        settled: false,
         _lock: None,
     };
     if let Some(asked) = options.capacity

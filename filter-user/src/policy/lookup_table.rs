@@ -7,17 +7,15 @@
 //!   unknown, and when a patched table would not fit its region any more);
 //! - [`Table::patch`]: the table of a new list built from the slot's current table and list,
 //!   rebuilding only the /16 buckets whose content changed and placing their nodes after the
-//!   used part of the region. Everything else keeps its place, so [`TableDiff::between`] the
-//!   two is about as small as the change.
-
-use std::collections::BTreeMap;
+//!   used part of the region. Everything else keeps its place, and the patch returns just the
+//!   writes it made (a [`TableDiff`] about as small as the change).
 
 use filter_common::{
     RuleId,
     table::{
         CHILD_INDEX_MASK, CHILD_MASK_SHIFT, CHUNK_POSITIONS, CHUNKS_PER_NODE, Chunk, ENTRY_CHILD,
-        FILTER_WORDS, MAX_CHUNKS, MAX_RULE_ID, ROOT_ENTRIES, TableRead, address_words, child,
-        filter_base, is_tail, leaf, lookup, root_base, tail,
+        ENTRY_MISS, FILTER_WORDS, MAX_CHUNKS, MAX_RULE_ID, ROOT_ENTRIES, TableRead, address_words,
+        child, filter_base, is_tail, leaf, lookup, root_base, tail,
     },
 };
 use ipnet::IpNet;
@@ -101,16 +99,19 @@ impl Prefix {
 }
 
 /// The prefixes of one family, split the way the table is: painted roots (prefixes up to /16)
-/// and the longer prefixes grouped by root bucket, sorted by address.
+/// and the longer prefixes, sorted by address and so grouped by root bucket.
 struct Family {
     painted: Vec<u32>,
-    deep: BTreeMap<usize, Vec<Prefix>>,
+    /// Prefixes longer than /16, sorted.
+    deep: Vec<Prefix>,
+    /// Each bucket holding deep prefixes, ascending, with its range in `deep`.
+    groups: Vec<(usize, std::ops::Range<usize>)>,
 }
 
 impl Family {
     fn split(prefixes: &[(IpNet, RuleId)], v6: bool) -> Result<Self, TableError> {
         let mut short = Vec::new();
-        let mut deep: BTreeMap<usize, Vec<Prefix>> = BTreeMap::new();
+        let mut deep = Vec::new();
         for (net, rule) in prefixes {
             let (addr, len) = match (net, v6) {
                 (IpNet::V4(n), false) => {
@@ -132,11 +133,16 @@ impl Family {
             if len <= 16 {
                 short.push(prefix);
             } else {
-                deep.entry(prefix.bucket()).or_default().push(prefix);
+                deep.push(prefix);
             }
         }
-        for group in deep.values_mut() {
-            group.sort_unstable();
+        deep.sort_unstable();
+        let mut groups: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+        for (i, p) in deep.iter().enumerate() {
+            match groups.last_mut() {
+                Some((bucket, range)) if *bucket == p.bucket() => range.end = i + 1,
+                _ => groups.push((p.bucket(), i..i + 1)),
+            }
         }
         // Shorter prefixes first, so longer ones overwrite them.
         short.sort_unstable_by_key(|p| p.len);
@@ -146,9 +152,82 @@ impl Family {
             let start = p.bucket() & !(span - 1);
             painted[start..start + span].fill(p.entry);
         }
-        Ok(Self { painted, deep })
+        Ok(Self {
+            painted,
+            deep,
+            groups,
+        })
+    }
+
+    /// The deep prefixes of `bucket` (empty when it has none).
+    fn group(&self, bucket: usize) -> &[Prefix] {
+        match self.groups.binary_search_by_key(&bucket, |(b, _)| *b) {
+            Ok(i) => &self.deep[self.groups[i].1.clone()],
+            Err(_) => &[],
+        }
+    }
+
+    /// The buckets whose content differs between `self` and `other`, ascending: a different
+    /// painted value or different deep prefixes. Linear in the buckets holding deep prefixes.
+    fn changed_buckets(&self, other: &Family) -> Vec<usize> {
+        let mut changed: Vec<usize> = (0..ROOT_ENTRIES as usize)
+            .filter(|b| self.painted[*b] != other.painted[*b])
+            .collect();
+        let (mut i, mut j) = (0, 0);
+        while i < self.groups.len() || j < other.groups.len() {
+            let mine = self.groups.get(i).map(|(b, _)| *b);
+            let theirs = other.groups.get(j).map(|(b, _)| *b);
+            match (mine, theirs) {
+                (Some(a), Some(b)) if a == b => {
+                    if self.deep[self.groups[i].1.clone()] != other.deep[other.groups[j].1.clone()]
+                    {
+                        changed.push(a);
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                (Some(a), Some(b)) if a < b => {
+                    changed.push(a);
+                    i += 1;
+                }
+                (Some(a), None) => {
+                    changed.push(a);
+                    i += 1;
+                }
+                (_, Some(b)) => {
+                    changed.push(b);
+                    j += 1;
+                }
+                (None, None) => break,
+            }
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        changed
     }
 }
+
+/// The IPv4 /24 filter words of root bucket `bucket` (its 256 /24s are words `4 * bucket` to
+/// `4 * bucket + 3`): all set when a prefix of /16 or shorter covers the bucket (`painted`
+/// is not a miss), else the /24s the bucket's deep prefixes touch.
+fn bucket_filter(painted: u32, group: &[Prefix]) -> [u64; WORDS_PER_BUCKET] {
+    if painted != ENTRY_MISS {
+        return [u64::MAX; WORDS_PER_BUCKET];
+    }
+    let mut words = [0u64; WORDS_PER_BUCKET];
+    for p in group {
+        // A deep prefix (longer than /16) spans /24s `first..=last` of its bucket.
+        let first = usize::from(p.addr[2]);
+        let span = if p.len >= 24 { 1 } else { 1 << (24 - p.len) };
+        for s24 in first..first + span {
+            words[s24 >> 6] |= 1 << (s24 & 63);
+        }
+    }
+    words
+}
+
+/// Filter words per root bucket (256 /24s of 64 bits each).
+const WORDS_PER_BUCKET: usize = 4;
 
 impl Table {
     /// An empty table (every lookup misses) for `region`.
@@ -170,57 +249,112 @@ impl Table {
             let family = Family::split(prefixes, v6)?;
             let offset = if v6 { ROOT_ENTRIES as usize } else { 0 };
             table.roots[offset..offset + ROOT_ENTRIES as usize].copy_from_slice(&family.painted);
-            for (bucket, group) in &family.deep {
+            for (bucket, range) in &family.groups {
                 let inherited = family.painted[*bucket];
-                table.roots[offset + bucket] = table.build_below(2, group, inherited)?;
+                table.roots[offset + bucket] =
+                    table.build_below(2, &family.deep[range.clone()], inherited)?;
+            }
+            if !v6 {
+                for bucket in 0..ROOT_ENTRIES as usize {
+                    let words = bucket_filter(family.painted[bucket], family.group(bucket));
+                    let first = bucket * WORDS_PER_BUCKET;
+                    table.filter[first..first + WORDS_PER_BUCKET].copy_from_slice(&words);
+                }
             }
         }
-        table.filter = v4_filter(prefixes);
         Ok(table)
     }
 
-    /// The table for `new`, made from `self`, which must be the table of `old` (as built by
-    /// [`Table::compile`] or [`Table::patch`]). Only /16 buckets whose prefixes (or whose
-    /// covering shorter prefix) changed are rebuilt, after the used part of the region; when
-    /// that does not fit, the result is a fresh compile.
+    /// Turns this table, which must be the table of `old` (as built by [`Table::compile`] or
+    /// [`Table::patch`]), into the table of `new`, and returns the writes that do the same to
+    /// the region's memory. Only the /16 buckets whose prefixes (or whose covering shorter
+    /// prefix) changed are rebuilt, after the used part of the region, so the work and the
+    /// writes are about as small as the change (plus one pass over each list). When the
+    /// rebuilt buckets do not fit, the result is a fresh, compact compile of `new`.
     pub fn patch(
-        &self,
+        &mut self,
         old: &[(IpNet, RuleId)],
         new: &[(IpNet, RuleId)],
-    ) -> Result<Self, TableError> {
-        let mut table = self.clone();
-        match table.rebuild_changed(old, new) {
-            Ok(()) => Ok(table),
-            Err(TableError::Full { .. }) => Self::compile(new, self.region),
-            Err(other) => Err(other),
+    ) -> Result<TableDiff, TableError> {
+        let (chunks, entries) = (self.chunks.len(), self.entries.len());
+        match self.rebuild_changed(old, new) {
+            Ok(diff) => Ok(diff),
+            Err(error) => {
+                // Nothing but the appended nodes was changed yet.
+                self.chunks.truncate(chunks);
+                self.entries.truncate(entries);
+                if !matches!(error, TableError::Full { .. }) {
+                    return Err(error);
+                }
+                let fresh = Self::compile(new, self.region)?;
+                let diff = TableDiff::between(self, &fresh);
+                *self = fresh;
+                Ok(diff)
+            }
         }
     }
 
+    /// Rebuilds the changed buckets after the used part; roots and filter words are changed
+    /// only once everything was built (an error leaves them as they were).
     fn rebuild_changed(
         &mut self,
         old: &[(IpNet, RuleId)],
         new: &[(IpNet, RuleId)],
-    ) -> Result<(), TableError> {
+    ) -> Result<TableDiff, TableError> {
+        let (first_chunk, first_entry) = (self.chunks.len(), self.entries.len());
+        let mut roots = Vec::new();
+        let mut filter = Vec::new();
         for v6 in [false, true] {
             let before = Family::split(old, v6)?;
             let after = Family::split(new, v6)?;
             let offset = if v6 { ROOT_ENTRIES as usize } else { 0 };
-            for bucket in 0..ROOT_ENTRIES as usize {
+            for bucket in before.changed_buckets(&after) {
                 let inherited = after.painted[bucket];
-                let group = after.deep.get(&bucket);
-                let unchanged =
-                    before.painted[bucket] == inherited && before.deep.get(&bucket) == group;
-                if unchanged {
-                    continue;
-                }
-                self.roots[offset + bucket] = match group {
-                    Some(group) => self.build_below(2, group, inherited)?,
-                    None => inherited,
+                let group = after.group(bucket);
+                let value = match group {
+                    [] => inherited,
+                    group => self.build_below(2, group, inherited)?,
                 };
+                if self.roots[offset + bucket] != value {
+                    roots.push(((offset + bucket) as u32, value));
+                }
+                if !v6 {
+                    let first = bucket * WORDS_PER_BUCKET;
+                    for (k, word) in bucket_filter(inherited, group).into_iter().enumerate() {
+                        if self.filter[first + k] != word {
+                            filter.push(((first + k) as u32, word));
+                        }
+                    }
+                }
             }
         }
-        self.filter = v4_filter(new);
-        Ok(())
+        let region = self.region;
+        for (index, value) in &roots {
+            self.roots[*index as usize] = *value;
+        }
+        for (index, word) in &filter {
+            self.filter[*index as usize] = *word;
+        }
+        let root_origin = root_base(region.slot, false);
+        let filter_origin = filter_base(region.slot);
+        Ok(TableDiff {
+            roots: roots
+                .into_iter()
+                .map(|(i, v)| (root_origin + i, v))
+                .collect(),
+            chunks: (first_chunk..self.chunks.len())
+                .map(|i| (region.chunk_origin + i as u32, self.chunks[i]))
+                .collect(),
+            entries: (first_entry..self.entries.len())
+                .map(|i| (region.entry_origin + i as u32, self.entries[i]))
+                .collect(),
+            filter: filter
+                .into_iter()
+                .map(|(i, w)| (filter_origin + i, w))
+                .collect(),
+            chunk_len: region.chunk_origin + self.chunks.len() as u32,
+            entry_len: region.entry_origin + self.entries.len() as u32,
+        })
     }
 
     /// The entry for a position whose address bytes from `byte` on hold `prefixes`: a tail
@@ -503,29 +637,6 @@ impl TableRead for Table {
     }
 }
 
-/// The IPv4 /24 filter of `prefixes`: bit `n` set when some IPv4 prefix touches /24 number
-/// `n` (the address's top 24 bits).
-fn v4_filter(prefixes: &[(IpNet, RuleId)]) -> Vec<u64> {
-    let mut words = vec![0u64; FILTER_WORDS as usize];
-    for (net, _) in prefixes {
-        let IpNet::V4(net) = net else { continue };
-        let first = u32::from(net.network()) >> 8;
-        let last = u32::from(net.broadcast()) >> 8;
-        let mut bit = first;
-        while bit <= last {
-            let word = &mut words[(bit >> 6) as usize];
-            if bit & 63 == 0 && last - bit >= 63 {
-                *word = u64::MAX;
-                bit += 64;
-            } else {
-                *word |= 1 << (bit & 63);
-                bit += 1;
-            }
-        }
-    }
-    words
-}
-
 /// The writes that turn one table of a region into another: changed elements only, with map
 /// indices. Elements past the new used length are left as they are (nothing reads them).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -777,11 +888,15 @@ mod tests {
                 }
             }
             let before = Table::compile(&old, REGION).expect("fits");
-            let after = before.patch(&old, &next).expect("fits");
+            let mut after = before.clone();
+            let diff = after.patch(&old, &next).expect("fits");
             assert_agrees(&after, &next, &addresses);
             let mut written = before.clone();
-            written.apply(&TableDiff::between(&before, &after));
+            written.apply(&diff);
             prop_assert_eq!(&written, &after);
+            // The same lookups as a fresh compile of the new list, filter included.
+            let fresh = Table::compile(&next, REGION).expect("fits");
+            prop_assert_eq!(&after.filter, &fresh.filter);
             // Reading the patched table back from region memory (with garbage after it) gives
             // the same table, and patching again from it still agrees.
             let mut chunk_memory = after.chunks().to_vec();
@@ -800,7 +915,8 @@ mod tests {
             prop_assert!(after.chunks().starts_with(read.chunks()));
             prop_assert!(after.entries().starts_with(read.entries()));
             assert_agrees(&read, &next, &addresses);
-            let again = read.patch(&next, &old).expect("fits");
+            let mut again = read;
+            again.patch(&next, &old).expect("fits");
             assert_agrees(&again, &old, &addresses);
         }
     }
@@ -941,9 +1057,12 @@ mod tests {
         let before = Table::compile(&prefixes, REGION).expect("fits");
         let mut after_list = prefixes.clone();
         after_list.push((net("203.0.113.0/24"), 99_999));
-        let after = before.patch(&prefixes, &after_list).expect("fits");
-        let diff = TableDiff::between(&before, &after);
+        let mut after = before.clone();
+        let diff = after.patch(&prefixes, &after_list).expect("fits");
         assert!(diff.len() <= 12, "{} writes for one prefix", diff.len());
+        let mut written = before.clone();
+        written.apply(&diff);
+        assert_eq!(written, after);
         assert_eq!(after.lookup_v4([203, 0, 113, 9]), Some(99_999));
     }
 
@@ -959,7 +1078,13 @@ mod tests {
         let mut list = prefixes.clone();
         for round in 1..20u32 {
             let next = vec![(net(&format!("10.0.0.{round}/32")), round)];
-            table = table.patch(&list, &next).expect("compacts");
+            let mut written = table.clone();
+            let diff = table.patch(&list, &next).expect("compacts");
+            written.apply(&diff);
+            assert_eq!(
+                written, table,
+                "round {round}: the writes reach the patched table"
+            );
             list = next;
             assert_agrees(&table, &list, &[]);
             assert!(table.chunks().len() <= 2);
