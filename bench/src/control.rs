@@ -145,6 +145,21 @@ pub struct ControlRow {
     pub incremental: Option<Incremental>,
 }
 
+/// `apifence ranges set` of a large list, timed alone (see [`Plan::control_large`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LargeRow {
+    /// Size label.
+    pub size: String,
+    /// Prefixes in the list (IPv4 and IPv6, 3:1).
+    pub prefixes: usize,
+    /// The attach capacity used.
+    pub capacity: u32,
+    /// The first set, into empty slots, ms.
+    pub first_set_ms: f64,
+    /// Replacements alternating with a list that lacks 1% of the prefixes.
+    pub replace: Timings,
+}
+
 /// What the section found.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ControlResults {
@@ -152,6 +167,9 @@ pub struct ControlResults {
     pub replacements: usize,
     /// One row per size.
     pub rows: Vec<ControlRow>,
+    /// The large list, when the plan has one.
+    #[serde(default)]
+    pub large: Option<LargeRow>,
 }
 
 /// The lists of one size.
@@ -213,9 +231,91 @@ pub fn run(plan: &Plan, lab: &Lab, apifence_bin: &Path, workdir: &Path) -> Resul
         rows.push(measure_size(plan, lab, &apifence, l)?);
     }
     apifence.run(&["detach", "--all"])?;
+    let large = match plan.control_large {
+        0 => None,
+        n => Some(large_list(plan, lab, apifence_bin, workdir, n)?),
+    };
     Ok(ControlResults {
         replacements: plan.control_replacements,
         rows,
+        large,
+    })
+}
+
+/// Replacements of a list of `n` prefixes: apifence attached in skb mode to the receiver's
+/// loopback (the timing needs no traffic), with its own pins.
+fn large_list(
+    plan: &Plan,
+    lab: &Lab,
+    apifence_bin: &Path,
+    workdir: &Path,
+    n: usize,
+) -> Result<LargeRow> {
+    const REPLACEMENTS: usize = 6;
+    let l = lists(plan, &Size::Synthetic(n), workdir)?;
+    eprintln!(
+        "bench: control: {} list ({n} prefixes), alone",
+        l.size.label()
+    );
+    // Every 100th prefix left out of the other list.
+    let fewer: Vec<IpNet> = l
+        .with_flip
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 100 != 0)
+        .map(|(_, p)| *p)
+        .collect();
+    let file_fewer = workdir.join(format!("control-{}-fewer.txt", l.size.label()));
+    std::fs::write(&file_fewer, prefixes::range_text(&fewer))?;
+    let (v4, v6) = family_split(&l.with_flip);
+    let mut capacity = (v4.len().max(v6.len()) as u32).next_power_of_two();
+    let bpffs = BenchBpffs::new("control-large")?;
+    let apifence = Cli {
+        bin: apifence_bin.to_path_buf(),
+        dir: bpffs.path().join("apifence"),
+    };
+    let all = l.file_with.display().to_string();
+    let some = file_fewer.display().to_string();
+    // The compiled table's chunks are sized from the capacity; a list that needs more is
+    // refused, and the capacity doubled (as the kernel section does).
+    let first_set_ms = loop {
+        apifence.run(&[
+            "--netns",
+            lab.rcv.name(),
+            "attach",
+            "lo",
+            "--xdp-mode",
+            "skb",
+            "--capacity",
+            &capacity.to_string(),
+        ])?;
+        match apifence.timed(&["ranges", "set", "--file", &all]) {
+            Ok(d) => break d.as_secs_f64() * 1e3,
+            Err(e) if format!("{e:#}").contains("larger --capacity") && capacity < 1 << 24 => {
+                eprintln!(
+                    "bench: control: the list needs more than --capacity {capacity} gives; \
+                     attaching again with twice the capacity"
+                );
+                apifence.run(&["detach", "--all"])?;
+                capacity *= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let mut replace = Timings::default();
+    for i in 0..REPLACEMENTS {
+        check_interrupted()?;
+        let file = if i % 2 == 0 { &some } else { &all };
+        replace.push(apifence.timed(&["ranges", "set", "--file", file])?);
+    }
+    replace.finish();
+    apifence.run(&["detach", "--all"])?;
+    Ok(LargeRow {
+        size: l.size.label(),
+        prefixes: l.with_flip.len(),
+        capacity,
+        first_set_ms,
+        replace,
     })
 }
 

@@ -68,6 +68,10 @@ pub struct Plan {
     pub control_incremental: usize,
     /// Control-plane section: the largest size incremental changes are timed at.
     pub control_incremental_max: usize,
+    /// Control-plane section: the large list whose replacement alone is timed (no traffic, no
+    /// other tools: nft and ipset take minutes at this size); 0: none.
+    #[serde(default)]
+    pub control_large: usize,
     /// Control-plane section: probe packets per source per second during replacements.
     pub probe_rate_per_source: u32,
     /// Fleet section: list sizes.
@@ -119,6 +123,7 @@ impl Plan {
                 control_replacements: 4,
                 control_incremental: 5,
                 control_incremental_max: 200,
+                control_large: 0,
                 probe_rate_per_source: 5_000,
                 fleet_sizes: vec![200, 10_000],
                 fleet_changes: 6,
@@ -155,6 +160,7 @@ impl Plan {
                 control_replacements: 10,
                 control_incremental: 25,
                 control_incremental_max: 10_000,
+                control_large: 1_000_000,
                 probe_rate_per_source: 10_000,
                 fleet_sizes: vec![200, 10_000],
                 fleet_changes: 120,
