@@ -902,8 +902,9 @@ fn worse(md: &mut String, r: &Results) {
                     if !faster.is_empty() {
                         lines.push(format!(
                             "{verb} a {prefixes}-prefix list: apifence takes {} \
-                             ms (p50), {}. apifence rewrites and flips a slot and waits for an \
-                             RCU grace period on every change.",
+                             ms (p50), {}. apifence runs as a new process per change, \
+                             patches and flips a slot and waits for one RCU grace period \
+                             before it exits.",
                             num(a.median),
                             faster.join(", ")
                         ));

@@ -74,8 +74,15 @@ pub const MAP_TABLE_ENTRIES: &str = "TABLE_ENTRIES";
 /// inactive slot's region.
 pub const MAP_TABLE_V4_FILTER: &str = "TABLE_V4_FILTER";
 
+/// `TABLE_V6_SKIP` array map of `u64` (`BPF_F_MMAPABLE`): the compiled table's IPv6 skip
+/// bitmap over the top 24 address bits, [`table::FILTER_WORDS`] per slot at
+/// [`table::filter_base`]. A set bit says no IPv6 prefix of the slot touches that /24, so the
+/// lookup stops; a clear bit says nothing, so an all-zero map (pins made before it existed)
+/// is correct, only slower. Loader writes the inactive slot's region.
+pub const MAP_TABLE_V6_SKIP: &str = "TABLE_V6_SKIP";
+
 /// Every map the program defines, in a stable order (pin names under the bpffs directory).
-pub const ALL_MAPS: [&str; 16] = [
+pub const ALL_MAPS: [&str; 17] = [
     MAP_ACTIVE_SLOT,
     MAP_SLOT_CONFIG,
     MAP_PORTS,
@@ -87,6 +94,7 @@ pub const ALL_MAPS: [&str; 16] = [
     MAP_TABLE_CHUNKS,
     MAP_TABLE_ENTRIES,
     MAP_TABLE_V4_FILTER,
+    MAP_TABLE_V6_SKIP,
     MAP_VERDICTS,
     MAP_RULE_HITS,
     MAP_POLICY,
@@ -359,7 +367,6 @@ mod tests {
         let first_of_slot1 = policy_chunk_key(1, 0);
         assert!(last_of_slot0 < first_of_slot1);
         assert!(policy_chunk_key(1, POLICY_MAX_CHUNKS_PER_SLOT - 1) < POLICY_MAP_ENTRIES);
-        assert!(POLICY_FLIP_STATE_KEY >= POLICY_MAP_ENTRIES);
     }
 
     #[test]

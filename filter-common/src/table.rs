@@ -18,6 +18,10 @@
 //!   any prefix touches that /24. A random IPv4 source in a /24 the list doesn't touch is
 //!   answered with one read of a 2 MiB bitmap that stays in cache, however large the list: for
 //!   1M random prefixes about 94% of random sources stop there.
+//! - **IPv6 skip bitmap** (as many words): the same over the top 24 bits of an IPv6 address,
+//!   inverted (a set bit: no prefix touches it), so that an all-zero bitmap means "look
+//!   deeper" and pins made before it existed stay correct. Consulted only when the root
+//!   points to a node.
 //! - **Roots** ([`ROOT_ENTRIES`] `u32` entries per family and slot): one entry per value of the
 //!   top 16 bits of the address. Every prefix of length ≤ 16 is expanded into the roots it
 //!   covers, so a random source outside the list's /16s is answered with **one** load.
@@ -170,6 +174,8 @@ pub trait TableRead {
     fn entry(&self, index: u32) -> Option<u32>;
     /// IPv4 /24 filter word `index` (absolute, see [`filter_base`]).
     fn filter(&self, index: u32) -> Option<u64>;
+    /// IPv6 skip word `index` (absolute, see [`filter_base`]).
+    fn v6_skip(&self, index: u32) -> Option<u64>;
 }
 
 /// One level below the root: the entry for address byte `byte` in the node `node` points to.
@@ -194,7 +200,8 @@ pub fn step<T: TableRead + ?Sized>(table: &T, node: u32, byte: u8) -> Option<u32
 
 /// Longest-prefix match of `addr` (network byte order, 4 or 16 bytes) in the table of `slot`:
 /// the rule id, or `None` for a miss. At most `N - 2` levels below the root. An IPv4 address
-/// whose root points to a node but whose /24 no prefix touches is answered by the /24 filter.
+/// whose root points to a node but whose /24 no prefix touches is answered by the /24 filter,
+/// an IPv6 address in that position by the skip bitmap over its top 24 bits.
 #[inline(always)]
 pub fn lookup<T: TableRead + ?Sized, const N: usize>(
     table: &T,
@@ -203,13 +210,17 @@ pub fn lookup<T: TableRead + ?Sized, const N: usize>(
 ) -> Option<RuleId> {
     let top = (u32::from(addr[0]) << 8) | u32::from(addr[1]);
     let mut entry = table.root(root_base(slot, N == 16) + top)?;
-    // The filter only when the root can't answer: small lists answer random sources from the
-    // roots (256 KiB) without touching the 2 MiB bitmap. The two reads don't depend on each
-    // other, so the CPU can overlap them.
-    if N == 4 && entry & ENTRY_CHILD != 0 {
+    // The bitmaps only when the root can't answer: small lists answer random sources from the
+    // roots (256 KiB) without touching a 2 MiB bitmap.
+    if entry & ENTRY_CHILD != 0 {
         let slash24 = (top << 8) | u32::from(addr[2]);
-        let word = table.filter(filter_base(slot) + (slash24 >> 6))?;
-        if (word >> (slash24 & 63)) & 1 == 0 {
+        let index = filter_base(slot) + (slash24 >> 6);
+        let bit = slash24 & 63;
+        if N == 4 {
+            if (table.filter(index)? >> bit) & 1 == 0 {
+                return None;
+            }
+        } else if (table.v6_skip(index)? >> bit) & 1 == 1 {
             return None;
         }
     }

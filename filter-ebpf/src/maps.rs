@@ -68,6 +68,10 @@ static TABLE_ENTRIES: Array<EntryPair> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
 static TABLE_V4_FILTER: Array<u64> = Array::pinned(2 * table::FILTER_WORDS, BPF_F_MMAPABLE);
 
+/// Compiled table, IPv6 skip bitmap of both slots (slot 0's words first).
+#[map]
+static TABLE_V6_SKIP: Array<u64> = Array::pinned(2 * table::FILTER_WORDS, BPF_F_MMAPABLE);
+
 /// The compiled table as the shared walk reads it: each access one inlined array lookup.
 struct Compiled;
 
@@ -94,6 +98,11 @@ impl TableRead for Compiled {
     #[inline(always)]
     fn filter(&self, index: u32) -> Option<u64> {
         TABLE_V4_FILTER.get(index).copied()
+    }
+
+    #[inline(always)]
+    fn v6_skip(&self, index: u32) -> Option<u64> {
+        TABLE_V6_SKIP.get(index).copied()
     }
 }
 

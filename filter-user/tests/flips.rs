@@ -20,11 +20,12 @@ use std::{
 
 use apifence::{
     kernel::grace_period::GracePeriod,
-    kernel::operations::Filter,
+    kernel::operations::{Filter, Settled},
     kernel::paths::PinLayout,
     policy::{Mode, Policy},
 };
 use apifence_tests::{bpffs::Bpffs, frame::Frame, require_privileges};
+use aya::maps::{Array, Map, MapData};
 use aya::programs::Xdp;
 use aya_obj::programs::XdpAttachType;
 use ipnet::IpNet;
@@ -184,7 +185,11 @@ fn no_wrong_verdict_during_a_thousand_flips() {
                     let (report, unsettled) = filter.apply_unsettled(&record).expect("apply");
                     drop(filter);
                     if style == 1 {
-                        unsettled.settle(&layout).expect("settle");
+                        // No other writer: the lock is free and the state still this flip's.
+                        assert_eq!(
+                            unsettled.settle(&layout).expect("settle"),
+                            Settled::Recorded
+                        );
                     }
                     report
                 }
@@ -256,4 +261,48 @@ fn grace_period_is_an_array_of_maps_update() {
     for _ in 0..3 {
         grace.wait().expect("map-in-map update");
     }
+}
+
+/// The flip state is trusted only for its own flip: a settle that can't take the lock records
+/// nothing, and a flip made behind the state's back (as a build from before it would) makes the
+/// next writer wait.
+#[test]
+fn flip_state_is_trusted_only_for_its_own_flip() {
+    if !require_privileges("flip_state_is_trusted_only_for_its_own_flip") {
+        return;
+    }
+    let bpffs = Bpffs::new().expect("mount a private bpffs");
+    let layout = PinLayout::new(bpffs.path());
+    drop(load(&layout, policy(WITH)));
+    let apply = |ranges: &str| {
+        Filter::open_for_write(&layout)
+            .expect("open for write")
+            .apply_policy(policy(ranges))
+            .expect("apply")
+    };
+    // `load` settled its flip.
+    assert!(!apply(WITHOUT).waited_before_writing);
+
+    // A writer still holds the lock: the settle skips, and the next writer waits.
+    let mut holder = Filter::open_for_write(&layout).expect("open for write");
+    let mut record = holder.record().expect("record");
+    record.policy = policy(WITH);
+    let (_, unsettled) = holder.apply_unsettled(&record).expect("apply");
+    assert_eq!(unsettled.settle(&layout).expect("settle"), Settled::Skipped);
+    drop(holder);
+    assert!(apply(WITHOUT).waited_before_writing);
+    assert!(!apply(WITH).waited_before_writing);
+
+    // ACTIVE_SLOT flipped without the state: the state says "settled", but not for this slot.
+    let active_pin = layout.map(filter_common::MAP_ACTIVE_SLOT);
+    let mut active: Array<MapData, u32> = Array::try_from(Map::Array(
+        MapData::from_pin(&active_pin).expect("open ACTIVE_SLOT"),
+    ))
+    .expect("an array");
+    let slot = active.get(&0, 0).expect("read ACTIVE_SLOT");
+    active
+        .set(0, 1 - slot, 0)
+        .expect("flip behind the state's back");
+    assert!(apply(WITHOUT).waited_before_writing);
+    assert!(!apply(WITH).waited_before_writing);
 }

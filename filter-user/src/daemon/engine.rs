@@ -486,9 +486,11 @@ impl Engine {
     }
 
     /// Waits for the grace period after the last flip, if not done yet, and records it, so the
-    /// next change writes without waiting. Called after a command was answered: a client's
-    /// change is enforced before the answer, and this wait is no longer on its path. A failure
-    /// only costs time (the next change waits before writing), and is logged.
+    /// next change writes without waiting. Called after a command was answered: every packet
+    /// judged after the answer is judged by the new policy (the flip came before it), and this
+    /// wait is no longer on the client's path. Never waits for the writer lock: when another
+    /// writer holds it, that writer waits itself if it has to. A failure only costs time (the
+    /// next change waits before writing), and is logged.
     pub fn settle(&mut self) {
         let Some(unsettled) = self.unsettled.take() else {
             return;
@@ -496,8 +498,8 @@ impl Engine {
         if let Err(e) = unsettled.settle(&self.layout) {
             warn!(
                 error = %ErrorChain(&e),
-                "could not record the grace period after the last change; the next change waits \
-                 for one before writing"
+                "could not wait for or record the grace period after the last change; the next \
+                 change waits for one before writing"
             );
         }
     }
@@ -810,12 +812,9 @@ impl Engine {
             state.authorized = Some(desired.authorized.clone());
         }
         let resolved = resolve(&desired, tags.as_deref()).map_err(|e| invalid(&e))?;
-        // One look at the pins for both their capacity and what they enforce.
-        let pinned = Filter::open(&self.layout).ok();
-        let capacity = pinned
-            .as_ref()
-            .map_or(self.config().capacity, |f| f.capacity());
-        let enforced = pinned.and_then(|f| f.record().ok()).map(|r| r.policy);
+        let capacity = Filter::open(&self.layout)
+            .map(|f| f.capacity())
+            .unwrap_or(self.config().capacity);
         let compiled = compile::compile(&resolved.policy, capacity, &BTreeMap::new())
             .map_err(|e| invalid(&e))?;
         let diff = Diff::between(&self.resolved, &resolved);
@@ -852,6 +851,10 @@ impl Engine {
         if state_changed {
             state_file::write(&self.state_layout, &state).map_err(|e| failed(&e))?;
         }
+        let enforced = Filter::open(&self.layout)
+            .and_then(|f| f.record())
+            .map(|r| r.policy)
+            .ok();
         if enforced.as_ref() != Some(&resolved.policy) {
             match self.apply(&resolved.policy) {
                 Ok(report) => {

@@ -9,9 +9,9 @@ use aya::{
 use aya_obj::programs::XdpAttachType;
 use filter_common::{
     ALL_MAPS, GLOBAL_FRAMING, GLOBAL_LOOKUP, GLOBAL_TRACE_FILTER, MAP_RULE_HITS, MAP_TABLE_CHUNKS,
-    MAP_TABLE_ENTRIES, MAP_TABLE_V4_FILTER, MAP_V4_SLOT0, MAP_V4_SLOT1, MAP_V6_SLOT0, MAP_V6_SLOT1,
-    PROGRAM_NAME, TABLE_ELEMENTS_UNUSED, TRACE_PROGRAM_NAME, TraceFilter, rule_capacity,
-    table_chunks_per_slot, table_entries_per_slot,
+    MAP_TABLE_ENTRIES, MAP_TABLE_V4_FILTER, MAP_TABLE_V6_SKIP, MAP_V4_SLOT0, MAP_V4_SLOT1,
+    MAP_V6_SLOT0, MAP_V6_SLOT1, PROGRAM_NAME, TABLE_ELEMENTS_UNUSED, TRACE_PROGRAM_NAME,
+    TraceFilter, rule_capacity, table_chunks_per_slot, table_entries_per_slot,
 };
 
 use crate::{
@@ -174,6 +174,7 @@ fn load_embedded(
     loader.map_max_entries(MAP_TABLE_ENTRIES, entry_pairs);
     if lookup == Lookup::LpmTrie {
         loader.map_max_entries(MAP_TABLE_V4_FILTER, TABLE_ELEMENTS_UNUSED);
+        loader.map_max_entries(MAP_TABLE_V6_SKIP, TABLE_ELEMENTS_UNUSED);
     }
     let global = lookup.global();
     loader.override_global(GLOBAL_LOOKUP, &global, true);

@@ -269,25 +269,30 @@ pub struct DirLock {
 }
 
 impl DirLock {
-    /// Waits (bounded) for the exclusive lock on `dir`.
-    pub fn acquire(dir: &Path) -> Result<Self, BpffsError> {
+    /// The exclusive lock on `dir` if it is free now; `None` when another writer holds it.
+    pub fn try_acquire(dir: &Path) -> Result<Option<Self>, BpffsError> {
         let file = File::open(dir).map_err(|source| BpffsError::Io {
             action: "opening",
             path: dir.to_path_buf(),
             source,
         })?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Self { _dir: file })),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(source)) => Err(BpffsError::Io {
+                action: "locking",
+                path: dir.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Waits (bounded) for the exclusive lock on `dir`.
+    pub fn acquire(dir: &Path) -> Result<Self, BpffsError> {
         let started = Instant::now();
         loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(Self { _dir: file }),
-                Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Error(source)) => {
-                    return Err(BpffsError::Io {
-                        action: "locking",
-                        path: dir.to_path_buf(),
-                        source,
-                    });
-                }
+            if let Some(lock) = Self::try_acquire(dir)? {
+                return Ok(lock);
             }
             if started.elapsed() > LOCK_WAIT {
                 return Err(BpffsError::Busy(dir.to_path_buf(), LOCK_WAIT));

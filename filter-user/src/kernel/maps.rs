@@ -85,12 +85,16 @@ pub struct SlotContents {
 }
 
 /// The writers' flip state, kept in `POLICY` under [`POLICY_FLIP_STATE_KEY`]: how many flips
-/// were made, and whether an RCU grace period has passed since the last one (so no program can
-/// still be reading the inactive slot, and the next writer may write it without waiting).
+/// were made, which slot the last one made active, and whether an RCU grace period has passed
+/// since (so no program can still be reading the inactive slot, and the next writer may write
+/// it without waiting). It is trusted only while `ACTIVE_SLOT` still says `active`: a flip
+/// made without updating the state (a build from before it existed) makes it stale.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlipState {
     /// Flips made through this state (wraps).
     pub flips: u64,
+    /// The slot flip number `flips` made active.
+    pub active: u32,
     /// A grace period has passed since flip number `flips`.
     pub settled: bool,
 }
@@ -106,19 +110,21 @@ impl FlipState {
         chunk.bytes[..4].copy_from_slice(&FLIP_STATE_MAGIC);
         chunk.bytes[4..12].copy_from_slice(&self.flips.to_le_bytes());
         chunk.bytes[12] = u8::from(self.settled);
+        chunk.bytes[13] = self.active as u8;
         chunk
     }
 
     /// `None` for bytes this build did not write (then nothing is known: wait).
     fn decode(chunk: &PolicyChunk) -> Option<Self> {
         let bytes = &chunk.bytes;
-        if bytes[..4] != FLIP_STATE_MAGIC || bytes[12] > 1 {
+        if bytes[..4] != FLIP_STATE_MAGIC || bytes[12] > 1 || bytes[13] > 1 {
             return None;
         }
         let mut flips = [0u8; 8];
         flips.copy_from_slice(&bytes[4..12]);
         Some(Self {
             flips: u64::from_le_bytes(flips),
+            active: u32::from(bytes[13]),
             settled: bytes[12] == 1,
         })
     }
@@ -408,6 +414,9 @@ impl FilterMaps {
             None => None,
         };
         // Until the new record is written, the slot's contents are unknown to later writers.
+        // A patch trusts the region's memory (roots, filter words) for every bucket it does
+        // not rebuild; this is what makes that safe after an interrupted write: without a
+        // record, the next writer compiles afresh and diffs against the whole region.
         let previous_chunks = self.forget_record(slot)?;
         let empty = SlotContents::default();
         let known = previous.unwrap_or(&empty);
@@ -525,7 +534,9 @@ impl FilterMaps {
         bytes.extend_from_slice(&len.to_le_bytes());
         bytes.extend_from_slice(record);
         let chunks: Vec<&[u8]> = bytes.chunks(POLICY_CHUNK_BYTES).collect();
-        if chunks.len() > filter_common::POLICY_MAX_CHUNKS_PER_SLOT as usize {
+        // One chunk key less than a slot's share, so both slots' records at their largest
+        // still leave room in the map for the flip state.
+        if chunks.len() >= filter_common::POLICY_MAX_CHUNKS_PER_SLOT as usize {
             return Err(MapsError::RecordTooLarge(record.len()));
         }
         // Chunk 0 (which carries the length) goes last, so a record is never complete-looking

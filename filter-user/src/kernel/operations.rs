@@ -1,6 +1,9 @@
 //! The filter as a whole: attach, detach, read and replace the policy, read statistics. Every
-//! change goes through [`Filter::apply`]: compile, write the inactive slot, flip, wait for
-//! readers. The CLI and the daemon both drive this module.
+//! change goes through [`Filter::apply_unsettled`]: wait for readers of the inactive slot
+//! unless the flip state says none are left, compile, write the inactive slot, flip. Then a
+//! grace period (readers of the old slot gone) is waited for and recorded: by
+//! [`Filter::apply`] before it returns (the CLI), or by [`Unsettled::settle`] later (the
+//! daemon, after answering). The CLI and the daemon both drive this module.
 
 use std::{
     collections::BTreeSet,
@@ -208,34 +211,50 @@ pub struct Filter {
 #[derive(Debug)]
 #[must_use = "settle it, or the next change waits for the grace period"]
 pub struct Unsettled {
-    /// The flip's number in the flip state.
-    flips: u64,
+    /// The flip state the flip wrote (unsettled).
+    state: FlipState,
+}
+
+/// What [`Unsettled::settle`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// The grace period passed and the flip state says so.
+    Recorded,
+    /// Another writer holds the lock (it will wait itself if it needs to) or flipped since,
+    /// or the pins are gone: nothing recorded, the next writer waits.
+    Skipped,
 }
 
 impl Unsettled {
-    /// Waits for one RCU grace period, so every program run that read the old slot index has
-    /// finished, then records in the flip state that the inactive slot has no readers, unless
-    /// another writer flipped since (the writer lock is taken only for that short update).
-    pub fn settle(self, layout: &PinLayout) -> Result<()> {
+    /// Takes the writer lock if it is free (never waits for it), waits for one RCU grace
+    /// period, so every program run that read the old slot index has finished, and records in
+    /// the flip state that the inactive slot has no readers, if the state is still this
+    /// flip's. The lock is held from before the wait, so any flip the state shows was made
+    /// before the grace period began, whichever pins these are by then.
+    pub fn settle(self, layout: &PinLayout) -> Result<Settled> {
+        if !attach::is_loaded(layout) {
+            return Ok(Settled::Skipped);
+        }
+        let Some(_lock) = DirLock::try_acquire(layout.root())? else {
+            return Ok(Settled::Skipped);
+        };
+        let mut maps = FilterMaps::open(layout)?;
         GracePeriod::new()?.wait()?;
-        let _lock = DirLock::acquire(layout.root())?;
-        self.mark_settled(&mut FilterMaps::open(layout)?)
+        self.mark_settled(&mut maps)
     }
 
-    /// Records that flip `self.flips` is settled, if it is still the last flip. The caller
-    /// holds the writer lock and has waited for a grace period since the flip.
-    fn mark_settled(self, maps: &mut FilterMaps) -> Result<()> {
-        let expected = FlipState {
-            flips: self.flips,
-            settled: false,
-        };
-        if maps.flip_state()? == Some(expected) {
-            maps.set_flip_state(FlipState {
-                settled: true,
-                ..expected
-            })?;
+    /// Records that the flip is settled, if the flip state and the active slot are still the
+    /// flip's. The caller holds the writer lock and has waited for a grace period that began
+    /// after it took the lock or after the flip.
+    fn mark_settled(self, maps: &mut FilterMaps) -> Result<Settled> {
+        if maps.flip_state()? != Some(self.state) || maps.active_slot()? != self.state.active {
+            return Ok(Settled::Skipped);
         }
-        Ok(())
+        maps.set_flip_state(FlipState {
+            settled: true,
+            ..self.state
+        })?;
+        Ok(Settled::Recorded)
     }
 }
 
@@ -332,9 +351,11 @@ impl Filter {
     /// before writing.
     pub fn apply(&mut self, record: &Record) -> Result<ApplyReport> {
         let (report, unsettled) = self.apply_unsettled(record)?;
-        // This writer holds the lock already: wait and record it here.
+        // This writer holds the lock already: wait and record it here. The new policy is live
+        // whatever happens now; a state that can't be recorded only makes the next writer
+        // wait, so only the wait's failure is an error.
         self.wait_for_readers()?;
-        unsettled.mark_settled(&mut self.maps)?;
+        let _ = unsettled.mark_settled(&mut self.maps);
         Ok(report)
     }
 
@@ -347,11 +368,11 @@ impl Filter {
         // A writer that crashed, or has not yet waited, after an earlier flip could leave
         // readers on the inactive slot: wait unless the flip state says a grace period passed.
         let state = self.maps.flip_state()?;
-        let waited_before_writing = !state.is_some_and(|s| s.settled);
+        let active = self.maps.active_slot()?;
+        let waited_before_writing = !state.is_some_and(|s| s.settled && s.active == active);
         if waited_before_writing {
             self.wait_for_readers()?;
         }
-        let active = self.maps.active_slot()?;
         let target = 1 - active;
         let ids = match self.slot_contents(active)? {
             Some(contents) => contents.entries,
@@ -367,11 +388,12 @@ impl Filter {
             .write_slot(target, &compiled, &bytes, previous.as_ref())?;
         // The state says "unsettled" before the flip, so no later writer trusts an old
         // "settled".
-        let flips = state.map_or(0, |s| s.flips).wrapping_add(1);
-        self.maps.set_flip_state(FlipState {
-            flips,
+        let unsettled = FlipState {
+            flips: state.map_or(0, |s| s.flips).wrapping_add(1),
+            active: target,
             settled: false,
-        })?;
+        };
+        self.maps.set_flip_state(unsettled)?;
         self.maps.flip(target)?;
         let report = ApplyReport {
             given: given_counts(&record.policy),
@@ -380,7 +402,7 @@ impl Filter {
             duration: started.elapsed(),
             waited_before_writing,
         };
-        Ok((report, Unsettled { flips }))
+        Ok((report, Unsettled { state: unsettled }))
     }
 
     /// One RCU grace period (see [`GracePeriod`]).

@@ -1,6 +1,6 @@
-//! The compiled lookup table's three array maps (`TABLE_ROOTS`, `TABLE_CHUNKS`,
-//! `TABLE_ENTRIES`), memory-mapped (`BPF_F_MMAPABLE`, Linux 5.5+): a slot's table is read and
-//! patched with plain loads and stores instead of one syscall per element. Only the inactive
+//! The compiled lookup table's array maps (`TABLE_ROOTS`, `TABLE_CHUNKS`, `TABLE_ENTRIES`,
+//! `TABLE_V4_FILTER`, `TABLE_V6_SKIP`), memory-mapped (`BPF_F_MMAPABLE`, Linux 5.5+): a slot's
+//! table is read and patched with plain loads and stores instead of one syscall per element. Only the inactive
 //! slot's region is ever written, and only while no program reads it (after the grace
 //! period), so the stores race with nothing; the flip that follows is a syscall, which orders
 //! them before any packet can see the slot.
@@ -9,7 +9,7 @@ use std::io;
 
 use aya::maps::MapData;
 use filter_common::{
-    MAP_TABLE_CHUNKS, MAP_TABLE_ENTRIES, MAP_TABLE_ROOTS, MAP_TABLE_V4_FILTER,
+    MAP_TABLE_CHUNKS, MAP_TABLE_ENTRIES, MAP_TABLE_ROOTS, MAP_TABLE_V4_FILTER, MAP_TABLE_V6_SKIP,
     TABLE_ELEMENTS_UNUSED,
     table::{Chunk, EntryPair, FILTER_WORDS, ROOT_ENTRIES, filter_base, root_base},
 };
@@ -21,7 +21,7 @@ use crate::{
     },
     policy::{
         Lookup,
-        lookup_table::{Region, Table, TableDiff},
+        lookup_table::{Region, RegionMemory, Table, TableDiff},
     },
 };
 
@@ -49,7 +49,13 @@ pub struct TableMaps {
     chunks: Mapped<Chunk>,
     entries: Mapped<EntryPair>,
     filter: Mapped<u64>,
+    /// `None` in pins made before the IPv6 skip bitmap existed (their program doesn't read
+    /// one, so nothing is written).
+    v6_skip: Option<Mapped<u64>>,
 }
+
+/// The skip words of a slot whose pins have no skip bitmap: all clear ("look deeper").
+static NO_SKIP: [u64; FILTER_WORDS as usize] = [0; FILTER_WORDS as usize];
 
 /// A `[u32]` view of a slice of entry pairs (entry `i` is half `i % 2` of pair `i / 2`).
 fn flat(pairs: &[EntryPair]) -> &[u32] {
@@ -61,13 +67,17 @@ fn flat_mut(pairs: &mut [EntryPair]) -> &mut [u32] {
 }
 
 impl TableMaps {
-    /// Maps the three table maps pinned under `layout`.
+    /// Maps the table maps pinned under `layout`.
     pub fn open(layout: &PinLayout) -> Result<Self, MappedError> {
         Ok(Self {
             roots: Mapped::open(&layout.map(MAP_TABLE_ROOTS))?,
             chunks: Mapped::open(&layout.map(MAP_TABLE_CHUNKS))?,
             entries: Mapped::open(&layout.map(MAP_TABLE_ENTRIES))?,
             filter: Mapped::open(&layout.map(MAP_TABLE_V4_FILTER))?,
+            v6_skip: match layout.map(MAP_TABLE_V6_SKIP) {
+                path if path.exists() => Some(Mapped::open(&path)?),
+                _ => None,
+            },
         })
     }
 
@@ -80,38 +90,31 @@ impl TableMaps {
 
     /// What the region of `slot` holds now, as a table (the used part found by walking it).
     pub fn read(&self, slot: u32) -> Table {
-        let region = self.region(slot);
-        let roots = root_base(slot, false) as usize;
-        let chunks = region.chunk_origin as usize;
-        let entries = region.entry_origin as usize;
-        Table::from_memory(
-            region,
-            &flat(self.roots.slice())[roots..roots + 2 * ROOT_ENTRIES as usize],
-            &self.chunks.slice()[chunks..chunks + region.chunk_capacity as usize],
-            &flat(self.entries.slice())[entries..entries + region.entry_capacity as usize],
-            self.filter_of(slot),
-        )
+        Table::from_memory(self.region(slot), &self.memory(slot))
     }
 
     /// The whole region of `slot` as it is in memory (see [`Table::raw`]).
     pub fn read_whole(&self, slot: u32) -> Table {
+        Table::raw(self.region(slot), &self.memory(slot))
+    }
+
+    /// The memory of `slot`'s region.
+    fn memory(&self, slot: u32) -> RegionMemory<'_> {
         let region = self.region(slot);
         let roots = root_base(slot, false) as usize;
         let chunks = region.chunk_origin as usize;
         let entries = region.entry_origin as usize;
-        Table::raw(
-            region,
-            &flat(self.roots.slice())[roots..roots + 2 * ROOT_ENTRIES as usize],
-            &self.chunks.slice()[chunks..chunks + region.chunk_capacity as usize],
-            &flat(self.entries.slice())[entries..entries + region.entry_capacity as usize],
-            self.filter_of(slot),
-        )
-    }
-
-    /// The IPv4 /24 filter words of `slot`.
-    fn filter_of(&self, slot: u32) -> &[u64] {
-        let base = filter_base(slot) as usize;
-        &self.filter.slice()[base..base + FILTER_WORDS as usize]
+        let words = filter_base(slot) as usize..(filter_base(slot) + FILTER_WORDS) as usize;
+        RegionMemory {
+            roots: &flat(self.roots.slice())[roots..roots + 2 * ROOT_ENTRIES as usize],
+            chunks: &self.chunks.slice()[chunks..chunks + region.chunk_capacity as usize],
+            entries: &flat(self.entries.slice())[entries..entries + region.entry_capacity as usize],
+            filter: &self.filter.slice()[words.clone()],
+            v6_skip: match &self.v6_skip {
+                Some(map) => &map.slice()[words],
+                None => &NO_SKIP,
+            },
+        }
     }
 
     /// Stores `diff` (indices are map indices of the inactive slot's region).
@@ -131,6 +134,12 @@ impl TableMaps {
         let filter = self.filter.slice_mut();
         for (index, word) in &diff.filter {
             filter[*index as usize] = *word;
+        }
+        if let Some(map) = &mut self.v6_skip {
+            let skip = map.slice_mut();
+            for (index, word) in &diff.v6_skip {
+                skip[*index as usize] = *word;
+            }
         }
     }
 }

@@ -70,6 +70,22 @@ pub enum TableError {
     RuleId(RuleId),
 }
 
+/// A slot's region of the table maps, as memory: the slot's roots (IPv4 then IPv6), the
+/// region's whole chunk and entry arrays, and the slot's IPv4 filter and IPv6 skip words.
+#[derive(Clone, Copy, Debug)]
+pub struct RegionMemory<'a> {
+    /// [`ROOT_ENTRIES`] IPv4 roots, then as many IPv6 roots.
+    pub roots: &'a [u32],
+    /// The region's chunks.
+    pub chunks: &'a [Chunk],
+    /// The region's entries.
+    pub entries: &'a [u32],
+    /// [`FILTER_WORDS`] IPv4 filter words.
+    pub filter: &'a [u64],
+    /// [`FILTER_WORDS`] IPv6 skip words.
+    pub v6_skip: &'a [u64],
+}
+
 /// One slot's table, as it is (or will be) in the maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Table {
@@ -82,6 +98,8 @@ pub struct Table {
     entries: Vec<u32>,
     /// The IPv4 /24 filter of this slot, [`FILTER_WORDS`] words.
     filter: Vec<u64>,
+    /// The IPv6 skip bitmap of this slot, [`FILTER_WORDS`] words.
+    v6_skip: Vec<u64>,
 }
 
 /// A prefix as the builder sees it: address bytes (IPv4 in the first 4), length, leaf entry.
@@ -168,7 +186,8 @@ impl Family {
     }
 
     /// The buckets whose content differs between `self` and `other`, ascending: a different
-    /// painted value or different deep prefixes. Linear in the buckets holding deep prefixes.
+    /// painted value (one pass over the roots) or different deep prefixes (a merge of the two
+    /// bucket lists, comparing each bucket's prefixes).
     fn changed_buckets(&self, other: &Family) -> Vec<usize> {
         let mut changed: Vec<usize> = (0..ROOT_ENTRIES as usize)
             .filter(|b| self.painted[*b] != other.painted[*b])
@@ -226,6 +245,17 @@ fn bucket_filter(painted: u32, group: &[Prefix]) -> [u64; WORDS_PER_BUCKET] {
     words
 }
 
+/// The words of root bucket `bucket` in the family's bitmap: the IPv4 filter as
+/// [`bucket_filter`] gives it, or the IPv6 skip bitmap, its complement.
+fn bucket_words(v6: bool, painted: u32, group: &[Prefix]) -> [u64; WORDS_PER_BUCKET] {
+    let touched = bucket_filter(painted, group);
+    if v6 {
+        touched.map(|word| !word)
+    } else {
+        touched
+    }
+}
+
 /// Filter words per root bucket (256 /24s of 64 bits each).
 const WORDS_PER_BUCKET: usize = 4;
 
@@ -238,6 +268,7 @@ impl Table {
             chunks: Vec::new(),
             entries: Vec::new(),
             filter: vec![0; FILTER_WORDS as usize],
+            v6_skip: vec![0; FILTER_WORDS as usize],
         }
     }
 
@@ -254,12 +285,15 @@ impl Table {
                 table.roots[offset + bucket] =
                     table.build_below(2, &family.deep[range.clone()], inherited)?;
             }
-            if !v6 {
-                for bucket in 0..ROOT_ENTRIES as usize {
-                    let words = bucket_filter(family.painted[bucket], family.group(bucket));
-                    let first = bucket * WORDS_PER_BUCKET;
-                    table.filter[first..first + WORDS_PER_BUCKET].copy_from_slice(&words);
-                }
+            let bitmap = if v6 {
+                &mut table.v6_skip
+            } else {
+                &mut table.filter
+            };
+            for bucket in 0..ROOT_ENTRIES as usize {
+                let words = bucket_words(v6, family.painted[bucket], family.group(bucket));
+                let first = bucket * WORDS_PER_BUCKET;
+                bitmap[first..first + WORDS_PER_BUCKET].copy_from_slice(&words);
             }
         }
         Ok(table)
@@ -268,9 +302,10 @@ impl Table {
     /// Turns this table, which must be the table of `old` (as built by [`Table::compile`] or
     /// [`Table::patch`]), into the table of `new`, and returns the writes that do the same to
     /// the region's memory. Only the /16 buckets whose prefixes (or whose covering shorter
-    /// prefix) changed are rebuilt, after the used part of the region, so the work and the
-    /// writes are about as small as the change (plus one pass over each list). When the
-    /// rebuilt buckets do not fit, the result is a fresh, compact compile of `new`.
+    /// prefix) changed are rebuilt, after the used part of the region, so the writes are about
+    /// as small as the change; the work is that plus splitting both lists by bucket (a sort
+    /// each). When the rebuilt buckets do not fit, the result is a fresh, compact compile of
+    /// `new`.
     pub fn patch(
         &mut self,
         old: &[(IpNet, RuleId)],
@@ -304,6 +339,7 @@ impl Table {
         let (first_chunk, first_entry) = (self.chunks.len(), self.entries.len());
         let mut roots = Vec::new();
         let mut filter = Vec::new();
+        let mut v6_skip = Vec::new();
         for v6 in [false, true] {
             let before = Family::split(old, v6)?;
             let after = Family::split(new, v6)?;
@@ -318,12 +354,15 @@ impl Table {
                 if self.roots[offset + bucket] != value {
                     roots.push(((offset + bucket) as u32, value));
                 }
-                if !v6 {
-                    let first = bucket * WORDS_PER_BUCKET;
-                    for (k, word) in bucket_filter(inherited, group).into_iter().enumerate() {
-                        if self.filter[first + k] != word {
-                            filter.push(((first + k) as u32, word));
-                        }
+                let (bitmap, changes) = if v6 {
+                    (&self.v6_skip, &mut v6_skip)
+                } else {
+                    (&self.filter, &mut filter)
+                };
+                let first = bucket * WORDS_PER_BUCKET;
+                for (k, word) in bucket_words(v6, inherited, group).into_iter().enumerate() {
+                    if bitmap[first + k] != word {
+                        changes.push(((first + k) as u32, word));
                     }
                 }
             }
@@ -334,6 +373,9 @@ impl Table {
         }
         for (index, word) in &filter {
             self.filter[*index as usize] = *word;
+        }
+        for (index, word) in &v6_skip {
+            self.v6_skip[*index as usize] = *word;
         }
         let root_origin = root_base(region.slot, false);
         let filter_origin = filter_base(region.slot);
@@ -349,6 +391,10 @@ impl Table {
                 .map(|i| (region.entry_origin + i as u32, self.entries[i]))
                 .collect(),
             filter: filter
+                .into_iter()
+                .map(|(i, w)| (filter_origin + i, w))
+                .collect(),
+            v6_skip: v6_skip
                 .into_iter()
                 .map(|(i, w)| (filter_origin + i, w))
                 .collect(),
@@ -483,17 +529,16 @@ impl Table {
         Ok(child(mask, first as u32))
     }
 
-    /// The table stored in a region's memory: `roots` (IPv4 then IPv6), and the region's
-    /// whole chunk and entry arrays. Only what the roots reach is kept; the used part ends
-    /// after the last chunk and entry reachable from them (later ones are garbage a patch may
-    /// overwrite). Indices outside the region end the walk there.
-    pub fn from_memory(
-        region: Region,
-        roots: &[u32],
-        chunks: &[Chunk],
-        entries: &[u32],
-        filter: &[u64],
-    ) -> Self {
+    /// The table stored in a region's memory. Only what the roots reach is kept; the used
+    /// part ends after the last chunk and entry reachable from them (later ones are garbage a
+    /// patch may overwrite). Indices outside the region end the walk there.
+    pub fn from_memory(region: Region, memory: &RegionMemory<'_>) -> Self {
+        let RegionMemory {
+            roots,
+            chunks,
+            entries,
+            ..
+        } = *memory;
         let mut chunk_end = 0usize;
         let mut entry_end = 0usize;
         let mut pending: Vec<u32> = roots
@@ -539,25 +584,21 @@ impl Table {
             roots: roots.to_vec(),
             chunks: chunks[..chunk_end].to_vec(),
             entries: entries[..entry_end].to_vec(),
-            filter: filter.to_vec(),
+            filter: memory.filter.to_vec(),
+            v6_skip: memory.v6_skip.to_vec(),
         }
     }
 
     /// A region's memory taken whole, as the starting point of a diff when nothing is known
     /// about what it holds: every element that differs from the new table is then written.
-    pub fn raw(
-        region: Region,
-        roots: &[u32],
-        chunks: &[Chunk],
-        entries: &[u32],
-        filter: &[u64],
-    ) -> Self {
+    pub fn raw(region: Region, memory: &RegionMemory<'_>) -> Self {
         Self {
             region,
-            roots: roots.to_vec(),
-            chunks: chunks.to_vec(),
-            entries: entries.to_vec(),
-            filter: filter.to_vec(),
+            roots: memory.roots.to_vec(),
+            chunks: memory.chunks.to_vec(),
+            entries: memory.entries.to_vec(),
+            filter: memory.filter.to_vec(),
+            v6_skip: memory.v6_skip.to_vec(),
         }
     }
 
@@ -612,6 +653,9 @@ impl Table {
         for (index, word) in &diff.filter {
             self.filter[(index - filter_origin) as usize] = *word;
         }
+        for (index, word) in &diff.v6_skip {
+            self.v6_skip[(index - filter_origin) as usize] = *word;
+        }
     }
 }
 
@@ -635,6 +679,11 @@ impl TableRead for Table {
         let local = index.checked_sub(filter_base(self.region.slot))?;
         self.filter.get(local as usize).copied()
     }
+
+    fn v6_skip(&self, index: u32) -> Option<u64> {
+        let local = index.checked_sub(filter_base(self.region.slot))?;
+        self.v6_skip.get(local as usize).copied()
+    }
 }
 
 /// The writes that turn one table of a region into another: changed elements only, with map
@@ -649,6 +698,8 @@ pub struct TableDiff {
     pub entries: Vec<(u32, u32)>,
     /// (filter map index, word).
     pub filter: Vec<(u32, u64)>,
+    /// (IPv6 skip map index, word).
+    pub v6_skip: Vec<(u32, u64)>,
     /// Map index one past the new table's last chunk.
     pub chunk_len: u32,
     /// Map index one past the new table's last entry.
@@ -673,11 +724,15 @@ impl TableDiff {
         let filter = changed(&from.filter, &to.filter)
             .map(|(i, v)| (filter_origin + i, v))
             .collect();
+        let v6_skip = changed(&from.v6_skip, &to.v6_skip)
+            .map(|(i, v)| (filter_origin + i, v))
+            .collect();
         Self {
             roots,
             chunks,
             entries,
             filter,
+            v6_skip,
             chunk_len: region.chunk_origin + to.chunks.len() as u32,
             entry_len: region.entry_origin + to.entries.len() as u32,
         }
@@ -685,7 +740,11 @@ impl TableDiff {
 
     /// Total elements to write.
     pub fn len(&self) -> usize {
-        self.roots.len() + self.chunks.len() + self.entries.len() + self.filter.len()
+        self.roots.len()
+            + self.chunks.len()
+            + self.entries.len()
+            + self.filter.len()
+            + self.v6_skip.len()
     }
 
     /// Whether nothing changes.
@@ -897,6 +956,7 @@ mod tests {
             // The same lookups as a fresh compile of the new list, filter included.
             let fresh = Table::compile(&next, REGION).expect("fits");
             prop_assert_eq!(&after.filter, &fresh.filter);
+            prop_assert_eq!(&after.v6_skip, &fresh.v6_skip);
             // Reading the patched table back from region memory (with garbage after it) gives
             // the same table, and patching again from it still agrees.
             let mut chunk_memory = after.chunks().to_vec();
@@ -905,10 +965,13 @@ mod tests {
             entry_memory.resize(after.entries().len() + 5, 77);
             let read = Table::from_memory(
                 REGION,
-                after.roots(),
-                &chunk_memory,
-                &entry_memory,
-                &after.filter,
+                &RegionMemory {
+                    roots: after.roots(),
+                    chunks: &chunk_memory,
+                    entries: &entry_memory,
+                    filter: &after.filter,
+                    v6_skip: &after.v6_skip,
+                },
             );
             // What nothing reaches any more (a removed bucket at the end) may be left out.
             prop_assert_eq!(read.roots(), after.roots());
@@ -969,12 +1032,18 @@ mod tests {
             self.1.set(self.1.get() + 1);
             self.0.filter(index)
         }
+
+        fn v6_skip(&self, index: u32) -> Option<u64> {
+            self.1.set(self.1.get() + 1);
+            self.0.v6_skip(index)
+        }
     }
 
     #[test]
     fn lone_deep_prefixes_are_tails_not_chains() {
         // Two /128s share their /16 (a node at byte 2), then part: each is alone below its
-        // position, so root, chunk, entry and the two tail chunks are all a lookup reads.
+        // position, so root, skip word, chunk, entry and the two tail chunks are all a lookup
+        // reads. A source in a /24 of that /16 that no prefix touches stops at the skip word.
         let prefixes = vec![
             (net("2a01:100::1/128"), 0),
             (net("2a01:200::1/128"), 1),
@@ -982,10 +1051,11 @@ mod tests {
         ];
         let table = Table::compile(&prefixes, REGION).expect("fits");
         for (addr, rule, reads) in [
-            ("2a01:100::1", Some(0), 5),
-            ("2a01:100::2", None, 5),
-            ("2a01:200::1", Some(1), 5),
-            ("2a02:0:0:1::", Some(2), 3),
+            ("2a01:100::1", Some(0), 6),
+            ("2a01:100::2", None, 6),
+            ("2a01:200::1", Some(1), 6),
+            ("2a01:300::1", None, 2),
+            ("2a02:0:0:1::", Some(2), 4),
         ] {
             let counting = Counting(&table, std::cell::Cell::new(0));
             let a: Ipv6Addr = addr.parse().expect("test address");
