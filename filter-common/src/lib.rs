@@ -156,8 +156,9 @@ pub const FRAMING_ETHERNET: u32 = 0;
 /// for L3 devices (tun, WireGuard: `ARPHRD_NONE`), whose packets have no link-layer header.
 pub const FRAMING_IP: u32 = 1;
 
-/// `max_entries` of [`MAP_TABLE_CHUNKS`] and [`MAP_TABLE_ENTRIES`] when the LPM-trie lookup is
-/// selected: the table is not used, and the pins say which lookup they were made for.
+/// `max_entries` of [`MAP_TABLE_CHUNKS`], [`MAP_TABLE_ENTRIES`], [`MAP_TABLE_V4_FILTER`] and
+/// [`MAP_TABLE_V6_SKIP`] when the LPM-trie lookup is selected: the table is not used, and the
+/// pins say which lookup they were made for.
 pub const TABLE_ELEMENTS_UNUSED: u32 = 1;
 
 /// Chunks of the compiled table per slot (both families) for a capacity of `capacity`
@@ -234,6 +235,10 @@ pub struct SlotConfig {
 pub const SLOT_FLAG_ENABLED: u32 = 1;
 /// Monitor mode: nothing is dropped; what would have been dropped counts as would-drop.
 pub const SLOT_FLAG_MONITOR: u32 = 2;
+/// The slot's words of [`MAP_TABLE_V6_SKIP`] were written for its table (by a writer that
+/// knows the bitmap): only then does the lookup read them. A writer from before the bitmap
+/// existed leaves the flag clear, so stale bits are never trusted.
+pub const SLOT_FLAG_V6_SKIP: u32 = 4;
 
 /// A rule id: the value stored in the tries, an index into [`MAP_RULE_HITS`].
 pub type RuleId = u32;

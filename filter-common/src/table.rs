@@ -21,7 +21,8 @@
 //! - **IPv6 skip bitmap** (as many words): the same over the top 24 bits of an IPv6 address,
 //!   inverted (a set bit: no prefix touches it), so that an all-zero bitmap means "look
 //!   deeper" and pins made before it existed stay correct. Consulted only when the root
-//!   points to a node.
+//!   points to a node or a tail, and only in a slot whose flags say a writer that knows the
+//!   bitmap wrote its words (`SLOT_FLAG_V6_SKIP`).
 //! - **Roots** ([`ROOT_ENTRIES`] `u32` entries per family and slot): one entry per value of the
 //!   top 16 bits of the address. Every prefix of length ≤ 16 is expanded into the roots it
 //!   covers, so a random source outside the list's /16s is answered with **one** load.
@@ -87,7 +88,8 @@ pub const fn root_base(slot: u32, v6: bool) -> u32 {
 /// Total root entries of the map (two slots, two families).
 pub const ROOT_MAP_ENTRIES: u32 = 4 * ROOT_ENTRIES;
 
-/// `u64` words of the IPv4 /24 filter per slot: one bit per /24 (2^24 bits, 2 MiB).
+/// `u64` words per slot of the IPv4 /24 filter and of the IPv6 skip bitmap: one bit per value
+/// of the top 24 address bits (2^24 bits, 2 MiB).
 pub const FILTER_WORDS: u32 = 1 << 18;
 
 /// First filter word of `slot` in the filter map.
@@ -199,7 +201,8 @@ pub fn step<T: TableRead + ?Sized>(table: &T, node: u32, byte: u8) -> Option<u32
 }
 
 /// Longest-prefix match of `addr` (network byte order, 4 or 16 bytes) in the table of `slot`:
-/// the rule id, or `None` for a miss. At most `N - 2` levels below the root. An IPv4 address
+/// the rule id, or `None` for a miss. `v6_skip`: the slot's IPv6 skip words are valid
+/// (`SLOT_FLAG_V6_SKIP`); otherwise they are not read. At most `N - 2` levels below the root. An IPv4 address
 /// whose root points to a node but whose /24 no prefix touches is answered by the /24 filter,
 /// an IPv6 address in that position by the skip bitmap over its top 24 bits.
 #[inline(always)]
@@ -207,6 +210,7 @@ pub fn lookup<T: TableRead + ?Sized, const N: usize>(
     table: &T,
     slot: u32,
     addr: &[u8; N],
+    v6_skip: bool,
 ) -> Option<RuleId> {
     let top = (u32::from(addr[0]) << 8) | u32::from(addr[1]);
     let mut entry = table.root(root_base(slot, N == 16) + top)?;
@@ -220,7 +224,7 @@ pub fn lookup<T: TableRead + ?Sized, const N: usize>(
             if (table.filter(index)? >> bit) & 1 == 0 {
                 return None;
             }
-        } else if (table.v6_skip(index)? >> bit) & 1 == 1 {
+        } else if v6_skip && (table.v6_skip(index)? >> bit) & 1 == 1 {
             return None;
         }
     }

@@ -167,7 +167,7 @@ pub fn port_protected(slot: u32, port: u16) -> bool {
 #[inline(always)]
 pub fn lookup_v4(slot: u32, addr: Ipv4Bytes) -> Option<RuleId> {
     if compiled_lookup() {
-        return table::lookup(&Compiled, slot, &addr);
+        return table::lookup(&Compiled, slot, &addr, false);
     }
     let key = Key::new(32, addr);
     let rule = if slot == 0 {
@@ -178,11 +178,12 @@ pub fn lookup_v4(slot: u32, addr: Ipv4Bytes) -> Option<RuleId> {
     rule.copied()
 }
 
-/// The rule id of the longest authorized IPv6 prefix of `slot` holding `addr`.
+/// The rule id of the longest authorized IPv6 prefix of `slot` holding `addr`; `v6_skip`: the
+/// slot's skip words are valid (`SLOT_FLAG_V6_SKIP`).
 #[inline(always)]
-pub fn lookup_v6(slot: u32, addr: Ipv6Bytes) -> Option<RuleId> {
+pub fn lookup_v6(slot: u32, addr: Ipv6Bytes, v6_skip: bool) -> Option<RuleId> {
     if compiled_lookup() {
-        return table::lookup(&Compiled, slot, &addr);
+        return table::lookup(&Compiled, slot, &addr, v6_skip);
     }
     let key = Key::new(128, addr);
     let rule = if slot == 0 {

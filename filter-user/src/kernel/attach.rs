@@ -209,6 +209,16 @@ pub fn embedded_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xd
 /// under `layout`. `capacity` sizes the tries and tables of a fresh load; `lookup` selects the
 /// lookup.
 pub fn load_and_pin(layout: &PinLayout, capacity: u32, lookup: Lookup) -> Result<(), AttachError> {
+    // A skip bitmap an older build's detach left pinned (it didn't know the map) may have
+    // another size than this load needs; aya would reuse it as it is. A fresh one is all
+    // zeros, which the lookup reads as "look deeper".
+    let skip = layout.map(MAP_TABLE_V6_SKIP);
+    match std::fs::remove_file(&skip) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(pin_error("removing the leftover pin", skip)(e));
+        }
+        _ => {}
+    }
     let mut ebpf = load_embedded(
         layout,
         capacity,

@@ -14,7 +14,7 @@ use filter_common::{
     COUNTER_COUNT, Ipv4Bytes, Ipv6Bytes, MAP_ACTIVE_SLOT, MAP_POLICY, MAP_PORTS, MAP_RULE_HITS,
     MAP_SLOT_CONFIG, MAP_V4_SLOT0, MAP_V4_SLOT1, MAP_V6_SLOT0, MAP_V6_SLOT1, MAP_VERDICTS,
     POLICY_CHUNK_BYTES, POLICY_FLIP_STATE_KEY, PORT_WORDS_PER_SLOT, PolicyChunk, RuleId,
-    SlotConfig, policy_chunk_key,
+    SLOT_FLAG_V6_SKIP, SlotConfig, policy_chunk_key,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -407,10 +407,28 @@ impl FilterMaps {
         record: &[u8],
         previous: Option<&SlotContents>,
     ) -> Result<(), MapsError> {
+        // The slot's IPv6 skip words can be patched only if a writer that knows them wrote
+        // them (an older build may have written the slot since); otherwise the table is
+        // diffed whole.
+        let skip_valid = self
+            .config
+            .get(&slot, 0)
+            .map_err(access("reading", MAP_SLOT_CONFIG))?
+            .flags
+            & SLOT_FLAG_V6_SKIP
+            != 0;
         // The table is built before anything is written: a list that does not fit changes
         // nothing.
+        let mut flags = compiled.flags;
         let table_diff = match self.table_maps()? {
-            Some(table) => Some(table_update(table, slot, compiled, previous)?),
+            Some(table) => {
+                let writes_skip = table.writes_v6_skip();
+                if writes_skip {
+                    flags |= SLOT_FLAG_V6_SKIP;
+                }
+                let known = previous.filter(|_| skip_valid || !writes_skip);
+                Some(table_update(table, slot, compiled, known)?)
+            }
             None => None,
         };
         // Until the new record is written, the slot's contents are unknown to later writers.
@@ -435,13 +453,7 @@ impl FilterMaps {
         }
         self.write_record(slot, record, previous_chunks)?;
         self.config
-            .set(
-                slot,
-                SlotConfig {
-                    flags: compiled.flags,
-                },
-                0,
-            )
+            .set(slot, SlotConfig { flags }, 0)
             .map_err(access("writing", MAP_SLOT_CONFIG))
     }
 

@@ -50,7 +50,8 @@ pub struct TableMaps {
     entries: Mapped<EntryPair>,
     filter: Mapped<u64>,
     /// `None` in pins made before the IPv6 skip bitmap existed (their program doesn't read
-    /// one, so nothing is written).
+    /// one), or holding one of another size: then nothing is written and the slots' flags
+    /// never say it is valid (`SLOT_FLAG_V6_SKIP`), so the program doesn't read it either.
     v6_skip: Option<Mapped<u64>>,
 }
 
@@ -75,7 +76,9 @@ impl TableMaps {
             entries: Mapped::open(&layout.map(MAP_TABLE_ENTRIES))?,
             filter: Mapped::open(&layout.map(MAP_TABLE_V4_FILTER))?,
             v6_skip: match layout.map(MAP_TABLE_V6_SKIP) {
-                path if path.exists() => Some(Mapped::open(&path)?),
+                path if path.exists() => {
+                    Some(Mapped::open(&path)?).filter(|map| map.len() == 2 * FILTER_WORDS as usize)
+                }
                 _ => None,
             },
         })
@@ -96,6 +99,11 @@ impl TableMaps {
     /// The whole region of `slot` as it is in memory (see [`Table::raw`]).
     pub fn read_whole(&self, slot: u32) -> Table {
         Table::raw(self.region(slot), &self.memory(slot))
+    }
+
+    /// Whether the IPv6 skip bitmap can be written (its pin exists with the right size).
+    pub fn writes_v6_skip(&self) -> bool {
+        self.v6_skip.is_some()
     }
 
     /// The memory of `slot`'s region.

@@ -226,9 +226,10 @@ impl Family {
     }
 }
 
-/// The IPv4 /24 filter words of root bucket `bucket` (its 256 /24s are words `4 * bucket` to
-/// `4 * bucket + 3`): all set when a prefix of /16 or shorter covers the bucket (`painted`
-/// is not a miss), else the /24s the bucket's deep prefixes touch.
+/// The /24s of one root bucket that the family's prefixes touch, as the bucket's four bitmap
+/// words (bucket `b`'s 256 /24s are words `4 * b` to `4 * b + 3`): all set when a prefix of
+/// /16 or shorter covers the bucket (`painted` is not a miss), else the /24s its deep prefixes
+/// touch.
 fn bucket_filter(painted: u32, group: &[Prefix]) -> [u64; WORDS_PER_BUCKET] {
     if painted != ENTRY_MISS {
         return [u64::MAX; WORDS_PER_BUCKET];
@@ -245,14 +246,16 @@ fn bucket_filter(painted: u32, group: &[Prefix]) -> [u64; WORDS_PER_BUCKET] {
     words
 }
 
-/// The words of root bucket `bucket` in the family's bitmap: the IPv4 filter as
-/// [`bucket_filter`] gives it, or the IPv6 skip bitmap, its complement.
+/// The words of one root bucket in its family's bitmap: the IPv4 filter as [`bucket_filter`]
+/// gives it, or the IPv6 skip bitmap, its complement. A bucket without deep prefixes has a
+/// leaf or a miss for a root, past which the walk never looks, so its skip words are never
+/// read: they stay zero (nothing to write for lists without IPv6).
 fn bucket_words(v6: bool, painted: u32, group: &[Prefix]) -> [u64; WORDS_PER_BUCKET] {
     let touched = bucket_filter(painted, group);
-    if v6 {
-        touched.map(|word| !word)
-    } else {
-        touched
+    match (v6, group) {
+        (false, _) => touched,
+        (true, []) => [0; WORDS_PER_BUCKET],
+        (true, _) => touched.map(|word| !word),
     }
 }
 
@@ -625,12 +628,13 @@ impl Table {
 
     /// The rule of `addr`'s longest matching prefix, by the same walk the XDP program runs.
     pub fn lookup_v4(&self, addr: [u8; 4]) -> Option<RuleId> {
-        lookup(self, self.region.slot, &addr)
+        lookup(self, self.region.slot, &addr, false)
     }
 
-    /// IPv6 counterpart of [`Table::lookup_v4`].
+    /// IPv6 counterpart of [`Table::lookup_v4`], reading the skip bitmap (a table built or
+    /// patched by this module has valid skip words).
     pub fn lookup_v6(&self, addr: [u8; 16]) -> Option<RuleId> {
-        lookup(self, self.region.slot, &addr)
+        lookup(self, self.region.slot, &addr, true)
     }
 
     /// Applies `diff` (made by [`TableDiff::between`] from this table to another).
@@ -838,9 +842,34 @@ mod tests {
         out
     }
 
+    /// Addresses in the same /16 as each prefix but another /24 (the third byte changed): where
+    /// the IPv4 filter and the IPv6 skip bitmap decide.
+    fn same_bucket_elsewhere(prefixes: &[(IpNet, RuleId)]) -> Vec<std::net::IpAddr> {
+        let mut out = Vec::new();
+        for (net, _) in prefixes {
+            for flip in [0x01u8, 0x40, 0x80, 0xff] {
+                match net {
+                    IpNet::V4(n) => {
+                        let mut o = n.network().octets();
+                        o[2] ^= flip;
+                        out.push(Ipv4Addr::from(o).into());
+                    }
+                    IpNet::V6(n) => {
+                        let mut o = n.network().octets();
+                        o[2] ^= flip;
+                        o[15] ^= flip;
+                        out.push(Ipv6Addr::from(o).into());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     fn assert_agrees(table: &Table, prefixes: &[(IpNet, RuleId)], extra: &[std::net::IpAddr]) {
         for addr in boundaries(prefixes)
             .into_iter()
+            .chain(same_bucket_elsewhere(prefixes))
             .chain(extra.iter().copied())
         {
             assert_eq!(
@@ -1059,7 +1088,7 @@ mod tests {
         ] {
             let counting = Counting(&table, std::cell::Cell::new(0));
             let a: Ipv6Addr = addr.parse().expect("test address");
-            let got = lookup(&counting, REGION.slot, &a.octets());
+            let got = lookup(&counting, REGION.slot, &a.octets(), true);
             assert_eq!(got, rule, "{addr}");
             assert_eq!(counting.1.get(), reads, "reads for {addr}");
         }
