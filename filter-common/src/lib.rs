@@ -74,12 +74,11 @@ pub const MAP_TABLE_ENTRIES: &str = "TABLE_ENTRIES";
 /// inactive slot's region.
 pub const MAP_TABLE_V4_FILTER: &str = "TABLE_V4_FILTER";
 
-/// `TABLE_V6_SKIP` array map of `u64` (`BPF_F_MMAPABLE`): the compiled table's IPv6 skip
-/// bitmap over the top 24 address bits, [`table::FILTER_WORDS`] per slot at
-/// [`table::filter_base`]. A set bit says no IPv6 prefix of the slot touches that /24, so the
-/// lookup stops; a clear bit says nothing, so an all-zero map (pins made before it existed)
-/// is correct, only slower. Loader writes the inactive slot's region.
-pub const MAP_TABLE_V6_SKIP: &str = "TABLE_V6_SKIP";
+/// `TABLE_V6_FILTER` array map of `u64` (`BPF_F_MMAPABLE`): the compiled table's IPv6 filter,
+/// the same as [`MAP_TABLE_V4_FILTER`] over the top 24 bits of an IPv6 address. Read only in a
+/// slot flagged [`SLOT_FLAG_V6_FILTER`] (pins made before it existed, and writers that don't
+/// know it, never set the flag). Loader writes the inactive slot's region.
+pub const MAP_TABLE_V6_FILTER: &str = "TABLE_V6_FILTER";
 
 /// Every map the program defines, in a stable order (pin names under the bpffs directory).
 pub const ALL_MAPS: [&str; 17] = [
@@ -94,7 +93,7 @@ pub const ALL_MAPS: [&str; 17] = [
     MAP_TABLE_CHUNKS,
     MAP_TABLE_ENTRIES,
     MAP_TABLE_V4_FILTER,
-    MAP_TABLE_V6_SKIP,
+    MAP_TABLE_V6_FILTER,
     MAP_VERDICTS,
     MAP_RULE_HITS,
     MAP_POLICY,
@@ -157,7 +156,7 @@ pub const FRAMING_ETHERNET: u32 = 0;
 pub const FRAMING_IP: u32 = 1;
 
 /// `max_entries` of [`MAP_TABLE_CHUNKS`], [`MAP_TABLE_ENTRIES`], [`MAP_TABLE_V4_FILTER`] and
-/// [`MAP_TABLE_V6_SKIP`] when the LPM-trie lookup is selected: the table is not used, and the
+/// [`MAP_TABLE_V6_FILTER`] when the LPM-trie lookup is selected: the table is not used, and the
 /// pins say which lookup they were made for.
 pub const TABLE_ELEMENTS_UNUSED: u32 = 1;
 
@@ -235,10 +234,10 @@ pub struct SlotConfig {
 pub const SLOT_FLAG_ENABLED: u32 = 1;
 /// Monitor mode: nothing is dropped; what would have been dropped counts as would-drop.
 pub const SLOT_FLAG_MONITOR: u32 = 2;
-/// The slot's words of [`MAP_TABLE_V6_SKIP`] were written for its table (by a writer that
+/// The slot's words of [`MAP_TABLE_V6_FILTER`] were written for its table (by a writer that
 /// knows the bitmap): only then does the lookup read them. A writer from before the bitmap
-/// existed leaves the flag clear, so stale bits are never trusted.
-pub const SLOT_FLAG_V6_SKIP: u32 = 4;
+/// existed leaves the flag clear, so stale words are never trusted.
+pub const SLOT_FLAG_V6_FILTER: u32 = 4;
 
 /// A rule id: the value stored in the tries, an index into [`MAP_RULE_HITS`].
 pub type RuleId = u32;

@@ -18,11 +18,11 @@
 //!   any prefix touches that /24. A random IPv4 source in a /24 the list doesn't touch is
 //!   answered with one read of a 2 MiB bitmap that stays in cache, however large the list: for
 //!   1M random prefixes about 94% of random sources stop there.
-//! - **IPv6 skip bitmap** (as many words): the same over the top 24 bits of an IPv6 address,
-//!   inverted (a set bit: no prefix touches it), so that an all-zero bitmap means "look
-//!   deeper" and pins made before it existed stay correct. Consulted only when the root
-//!   points to a node or a tail, and only in a slot whose flags say a writer that knows the
-//!   bitmap wrote its words (`SLOT_FLAG_V6_SKIP`).
+//! - **IPv6 /24 filter** (as many words): the same over the top 24 bits of an IPv6 address,
+//!   read only in a slot whose flags say a writer that knows it wrote its words
+//!   (`SLOT_FLAG_V6_FILTER`).
+//! - Both filters are read only where the root points to a node or a tail; the words of other
+//!   buckets are never read and stay zero.
 //! - **Roots** ([`ROOT_ENTRIES`] `u32` entries per family and slot): one entry per value of the
 //!   top 16 bits of the address. Every prefix of length ≤ 16 is expanded into the roots it
 //!   covers, so a random source outside the list's /16s is answered with **one** load.
@@ -88,8 +88,8 @@ pub const fn root_base(slot: u32, v6: bool) -> u32 {
 /// Total root entries of the map (two slots, two families).
 pub const ROOT_MAP_ENTRIES: u32 = 4 * ROOT_ENTRIES;
 
-/// `u64` words per slot of the IPv4 /24 filter and of the IPv6 skip bitmap: one bit per value
-/// of the top 24 address bits (2^24 bits, 2 MiB).
+/// `u64` words per slot of the IPv4 and of the IPv6 /24 filter: one bit per value of the top
+/// 24 address bits (2^24 bits, 2 MiB).
 pub const FILTER_WORDS: u32 = 1 << 18;
 
 /// First filter word of `slot` in the filter map.
@@ -176,8 +176,8 @@ pub trait TableRead {
     fn entry(&self, index: u32) -> Option<u32>;
     /// IPv4 /24 filter word `index` (absolute, see [`filter_base`]).
     fn filter(&self, index: u32) -> Option<u64>;
-    /// IPv6 skip word `index` (absolute, see [`filter_base`]).
-    fn v6_skip(&self, index: u32) -> Option<u64>;
+    /// IPv6 /24 filter word `index` (absolute, see [`filter_base`]).
+    fn v6_filter(&self, index: u32) -> Option<u64>;
 }
 
 /// One level below the root: the entry for address byte `byte` in the node `node` points to.
@@ -201,30 +201,30 @@ pub fn step<T: TableRead + ?Sized>(table: &T, node: u32, byte: u8) -> Option<u32
 }
 
 /// Longest-prefix match of `addr` (network byte order, 4 or 16 bytes) in the table of `slot`:
-/// the rule id, or `None` for a miss. `v6_skip`: the slot's IPv6 skip words are valid
-/// (`SLOT_FLAG_V6_SKIP`); otherwise they are not read. At most `N - 2` levels below the root. An IPv4 address
-/// whose root points to a node but whose /24 no prefix touches is answered by the /24 filter,
-/// an IPv6 address in that position by the skip bitmap over its top 24 bits.
+/// the rule id, or `None` for a miss. At most `N - 2` levels below the root. An address whose
+/// root points to a node but whose /24 no prefix touches is answered by its family's /24
+/// filter; for IPv6 only when `v6_filter` says the slot's words are valid
+/// (`SLOT_FLAG_V6_FILTER`), else the walk goes on without it.
 #[inline(always)]
 pub fn lookup<T: TableRead + ?Sized, const N: usize>(
     table: &T,
     slot: u32,
     addr: &[u8; N],
-    v6_skip: bool,
+    v6_filter: bool,
 ) -> Option<RuleId> {
     let top = (u32::from(addr[0]) << 8) | u32::from(addr[1]);
     let mut entry = table.root(root_base(slot, N == 16) + top)?;
-    // The bitmaps only when the root can't answer: small lists answer random sources from the
+    // The filters only when the root can't answer: small lists answer random sources from the
     // roots (256 KiB) without touching a 2 MiB bitmap.
-    if entry & ENTRY_CHILD != 0 {
+    if entry & ENTRY_CHILD != 0 && (N == 4 || v6_filter) {
         let slash24 = (top << 8) | u32::from(addr[2]);
         let index = filter_base(slot) + (slash24 >> 6);
-        let bit = slash24 & 63;
-        if N == 4 {
-            if (table.filter(index)? >> bit) & 1 == 0 {
-                return None;
-            }
-        } else if v6_skip && (table.v6_skip(index)? >> bit) & 1 == 1 {
+        let word = if N == 4 {
+            table.filter(index)?
+        } else {
+            table.v6_filter(index)?
+        };
+        if (word >> (slash24 & 63)) & 1 == 0 {
             return None;
         }
     }

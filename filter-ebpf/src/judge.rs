@@ -4,7 +4,7 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use filter_common::{
     COUNTER_DROPPED, COUNTER_PASSED_AUTHORIZED, COUNTER_PASSED_DISABLED,
     COUNTER_PASSED_UNPROTECTED, COUNTER_WOULD_DROP, DENY_KIND_DROPPED, DENY_KIND_WOULD_DROP,
-    DenyEvent, RuleId, SLOT_FLAG_ENABLED, SLOT_FLAG_MONITOR, SLOT_FLAG_V6_SKIP,
+    DenyEvent, RuleId, SLOT_FLAG_ENABLED, SLOT_FLAG_MONITOR, SLOT_FLAG_V6_FILTER,
 };
 
 use crate::{
@@ -57,7 +57,7 @@ pub fn judge(slot: u32, class: &Class) -> Outcome {
     }
     let rule = match source {
         Some(Source::V4(addr)) => maps::lookup_v4(slot, addr),
-        Some(Source::V6(addr)) => maps::lookup_v6(slot, addr, flags & SLOT_FLAG_V6_SKIP != 0),
+        Some(Source::V6(addr)) => maps::lookup_v6(slot, addr, flags & SLOT_FLAG_V6_FILTER != 0),
         None => None,
     };
     if rule.is_some() {

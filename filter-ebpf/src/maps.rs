@@ -68,9 +68,9 @@ static TABLE_ENTRIES: Array<EntryPair> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
 static TABLE_V4_FILTER: Array<u64> = Array::pinned(2 * table::FILTER_WORDS, BPF_F_MMAPABLE);
 
-/// Compiled table, IPv6 skip bitmap of both slots (slot 0's words first).
+/// Compiled table, IPv6 /24 filter of both slots (slot 0's words first).
 #[map]
-static TABLE_V6_SKIP: Array<u64> = Array::pinned(2 * table::FILTER_WORDS, BPF_F_MMAPABLE);
+static TABLE_V6_FILTER: Array<u64> = Array::pinned(2 * table::FILTER_WORDS, BPF_F_MMAPABLE);
 
 /// The compiled table as the shared walk reads it: each access one inlined array lookup.
 struct Compiled;
@@ -101,8 +101,8 @@ impl TableRead for Compiled {
     }
 
     #[inline(always)]
-    fn v6_skip(&self, index: u32) -> Option<u64> {
-        TABLE_V6_SKIP.get(index).copied()
+    fn v6_filter(&self, index: u32) -> Option<u64> {
+        TABLE_V6_FILTER.get(index).copied()
     }
 }
 
@@ -178,12 +178,12 @@ pub fn lookup_v4(slot: u32, addr: Ipv4Bytes) -> Option<RuleId> {
     rule.copied()
 }
 
-/// The rule id of the longest authorized IPv6 prefix of `slot` holding `addr`; `v6_skip`: the
-/// slot's skip words are valid (`SLOT_FLAG_V6_SKIP`).
+/// The rule id of the longest authorized IPv6 prefix of `slot` holding `addr`; `v6_filter`: the
+/// slot's IPv6 filter words are valid (`SLOT_FLAG_V6_FILTER`).
 #[inline(always)]
-pub fn lookup_v6(slot: u32, addr: Ipv6Bytes, v6_skip: bool) -> Option<RuleId> {
+pub fn lookup_v6(slot: u32, addr: Ipv6Bytes, v6_filter: bool) -> Option<RuleId> {
     if compiled_lookup() {
-        return table::lookup(&Compiled, slot, &addr, v6_skip);
+        return table::lookup(&Compiled, slot, &addr, v6_filter);
     }
     let key = Key::new(128, addr);
     let rule = if slot == 0 {

@@ -9,7 +9,7 @@ use aya::{
 use aya_obj::programs::XdpAttachType;
 use filter_common::{
     ALL_MAPS, GLOBAL_FRAMING, GLOBAL_LOOKUP, GLOBAL_TRACE_FILTER, MAP_RULE_HITS, MAP_TABLE_CHUNKS,
-    MAP_TABLE_ENTRIES, MAP_TABLE_V4_FILTER, MAP_TABLE_V6_SKIP, MAP_V4_SLOT0, MAP_V4_SLOT1,
+    MAP_TABLE_ENTRIES, MAP_TABLE_V4_FILTER, MAP_TABLE_V6_FILTER, MAP_V4_SLOT0, MAP_V4_SLOT1,
     MAP_V6_SLOT0, MAP_V6_SLOT1, PROGRAM_NAME, TABLE_ELEMENTS_UNUSED, TRACE_PROGRAM_NAME,
     TraceFilter, rule_capacity, table_chunks_per_slot, table_entries_per_slot,
 };
@@ -174,7 +174,7 @@ fn load_embedded(
     loader.map_max_entries(MAP_TABLE_ENTRIES, entry_pairs);
     if lookup == Lookup::LpmTrie {
         loader.map_max_entries(MAP_TABLE_V4_FILTER, TABLE_ELEMENTS_UNUSED);
-        loader.map_max_entries(MAP_TABLE_V6_SKIP, TABLE_ELEMENTS_UNUSED);
+        loader.map_max_entries(MAP_TABLE_V6_FILTER, TABLE_ELEMENTS_UNUSED);
     }
     let global = lookup.global();
     loader.override_global(GLOBAL_LOOKUP, &global, true);
@@ -209,16 +209,10 @@ pub fn embedded_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xd
 /// under `layout`. `capacity` sizes the tries and tables of a fresh load; `lookup` selects the
 /// lookup.
 pub fn load_and_pin(layout: &PinLayout, capacity: u32, lookup: Lookup) -> Result<(), AttachError> {
-    // A skip bitmap an older build's detach left pinned (it didn't know the map) may have
-    // another size than this load needs; aya would reuse it as it is. A fresh one is all
-    // zeros, which the lookup reads as "look deeper".
-    let skip = layout.map(MAP_TABLE_V6_SKIP);
-    match std::fs::remove_file(&skip) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(pin_error("removing the leftover pin", skip)(e));
-        }
-        _ => {}
-    }
+    // An IPv6 filter an older build's detach left pinned (it didn't know the map) may have
+    // another size than this load needs, and aya would reuse it as it is. No slot vouches
+    // for a fresh one's words until a writer fills them (`SLOT_FLAG_V6_FILTER`).
+    unpin(layout.map(MAP_TABLE_V6_FILTER))?;
     let mut ebpf = load_embedded(
         layout,
         capacity,
@@ -556,14 +550,17 @@ pub fn remove_all_pins(layout: &PinLayout) -> Result<(), AttachError> {
         .collect();
     pins.extend(ALL_MAPS.iter().map(|name| layout.map(name)));
     for pin in pins {
-        match std::fs::remove_file(&pin) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(pin_error("unpinning", pin)(e));
-            }
-            _ => {}
-        }
+        unpin(pin)?;
     }
     Ok(())
+}
+
+/// Removes the pin `path`; one that is not there is fine.
+fn unpin(path: PathBuf) -> Result<(), AttachError> {
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(pin_error("unpinning", path)(e)),
+        _ => Ok(()),
+    }
 }
 
 /// Loads `instance` of the embedded program for `framing` next to the pinned one: the same

@@ -14,7 +14,7 @@ use filter_common::{
     COUNTER_COUNT, Ipv4Bytes, Ipv6Bytes, MAP_ACTIVE_SLOT, MAP_POLICY, MAP_PORTS, MAP_RULE_HITS,
     MAP_SLOT_CONFIG, MAP_V4_SLOT0, MAP_V4_SLOT1, MAP_V6_SLOT0, MAP_V6_SLOT1, MAP_VERDICTS,
     POLICY_CHUNK_BYTES, POLICY_FLIP_STATE_KEY, PORT_WORDS_PER_SLOT, PolicyChunk, RuleId,
-    SLOT_FLAG_V6_SKIP, SlotConfig, policy_chunk_key,
+    SLOT_FLAG_V6_FILTER, SlotConfig, policy_chunk_key,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -168,8 +168,8 @@ pub struct FilterMaps {
     verdicts: PerCpuArray<MapData, u64>,
     hits: HitCounters,
     records: HashMap<MapData, u32, PolicyChunk>,
-    /// The filter uses the compiled table (else the LPM tries).
-    compiled: bool,
+    /// The lookup the program uses.
+    lookup: Lookup,
     /// The compiled table's maps, memory-mapped on the first write: opening the filter to
     /// read its record or counters doesn't pay for mapping megabytes.
     table: Option<TableMaps>,
@@ -225,7 +225,7 @@ impl FilterMaps {
             verdicts: open(layout, MAP_VERDICTS)?,
             hits: HitCounters::open(layout)?,
             records: open(layout, MAP_POLICY)?,
-            compiled: lookup_of_pins(layout)? == Lookup::Compiled,
+            lookup: lookup_of_pins(layout)?,
             table: None,
             layout: layout.clone(),
             trie_capacity,
@@ -235,34 +235,36 @@ impl FilterMaps {
     /// The compiled table `slot` holds (what its region's roots reach); `None` when the filter
     /// uses the LPM tries.
     pub fn table(&self, slot: u32) -> Result<Option<Table>, MapsError> {
-        if !self.compiled {
+        if self.lookup != Lookup::Compiled {
             return Ok(None);
         }
+        let v6_filter_valid = self.v6_filter_valid(slot)?;
         Ok(Some(match &self.table {
-            Some(table) => table.read(slot),
-            None => TableMaps::open(&self.layout)?.read(slot),
+            Some(table) => table.read(slot, v6_filter_valid),
+            None => TableMaps::open(&self.layout)?.read(slot, v6_filter_valid),
         }))
     }
 
     /// The compiled table's maps, mapped now if they are not yet; `None` for the LPM tries.
     fn table_maps(&mut self) -> Result<Option<&mut TableMaps>, MapsError> {
-        if !self.compiled {
-            return Ok(None);
+        if self.lookup == Lookup::Compiled && self.table.is_none() {
+            self.table = Some(TableMaps::open(&self.layout)?);
         }
-        let maps = match self.table.take() {
-            Some(maps) => maps,
-            None => TableMaps::open(&self.layout)?,
-        };
-        Ok(Some(self.table.insert(maps)))
+        Ok(self.table.as_mut())
+    }
+
+    /// Whether `slot`'s flags say its IPv6 filter words were written for its table.
+    fn v6_filter_valid(&self, slot: u32) -> Result<bool, MapsError> {
+        let config = self
+            .config
+            .get(&slot, 0)
+            .map_err(access("reading", MAP_SLOT_CONFIG))?;
+        Ok(config.flags & SLOT_FLAG_V6_FILTER != 0)
     }
 
     /// The lookup the program uses.
     pub fn lookup(&self) -> Lookup {
-        if self.compiled {
-            Lookup::Compiled
-        } else {
-            Lookup::LpmTrie
-        }
+        self.lookup
     }
 
     /// Prefixes each trie holds at most (per family, per slot).
@@ -407,27 +409,21 @@ impl FilterMaps {
         record: &[u8],
         previous: Option<&SlotContents>,
     ) -> Result<(), MapsError> {
-        // The slot's IPv6 skip words can be patched only if a writer that knows them wrote
+        // The slot's IPv6 filter words can be patched only if a writer that knows them wrote
         // them (an older build may have written the slot since); otherwise the table is
         // diffed whole.
-        let skip_valid = self
-            .config
-            .get(&slot, 0)
-            .map_err(access("reading", MAP_SLOT_CONFIG))?
-            .flags
-            & SLOT_FLAG_V6_SKIP
-            != 0;
+        let v6_filter_valid = self.v6_filter_valid(slot)?;
         // The table is built before anything is written: a list that does not fit changes
         // nothing.
         let mut flags = compiled.flags;
         let table_diff = match self.table_maps()? {
             Some(table) => {
-                let writes_skip = table.writes_v6_skip();
-                if writes_skip {
-                    flags |= SLOT_FLAG_V6_SKIP;
+                let writes_v6_filter = table.writes_v6_filter();
+                if writes_v6_filter {
+                    flags |= SLOT_FLAG_V6_FILTER;
                 }
-                let known = previous.filter(|_| skip_valid || !writes_skip);
-                Some(table_update(table, slot, compiled, known)?)
+                let known = previous.filter(|_| v6_filter_valid || !writes_v6_filter);
+                Some(table_update(table, slot, compiled, known, v6_filter_valid)?)
             }
             None => None,
         };
@@ -620,16 +616,17 @@ impl FilterMaps {
 
 /// The writes that make the table region of `slot` hold `compiled`'s entries: a patch of what
 /// the region holds when `previous` says which list that is, else a fresh compile diffed
-/// against the whole region.
+/// against the whole region. `v6_filter_valid`: the slot's flags vouch for its IPv6 filter.
 fn table_update(
     table: &TableMaps,
     slot: u32,
     compiled: &CompiledSlot,
     previous: Option<&SlotContents>,
+    v6_filter_valid: bool,
 ) -> Result<TableDiff, MapsError> {
     match previous {
         Some(previous) => {
-            let mut current = table.read(slot);
+            let mut current = table.read(slot, v6_filter_valid);
             let old: Vec<(IpNet, RuleId)> =
                 previous.entries.iter().map(|(p, id)| (*p, *id)).collect();
             Ok(current.patch(&old, &compiled.entries)?)

@@ -343,8 +343,9 @@ impl Filter {
     }
 
     /// Compiles `record` and makes it the enforced policy, atomically: once this returns, every
-    /// packet is judged against it; no packet was judged against a mix of old and new. Then
-    /// waits for the programs that read the old slot before the flip ([`Unsettled::settle`]),
+    /// packet is judged against it; no packet was judged against a mix of old and new. Before
+    /// returning it waits for the programs that read the old slot before the flip and records
+    /// that in the flip state (as [`Unsettled::settle`] does, with the lock this writer holds),
     /// so the next change can write that slot at once.
     /// On error nothing changed, except when the grace period after the flip fails
     /// ([`FilterError::GracePeriod`]): then the new policy is live, and the next apply waits

@@ -1,5 +1,5 @@
 //! The compiled lookup table's array maps (`TABLE_ROOTS`, `TABLE_CHUNKS`, `TABLE_ENTRIES`,
-//! `TABLE_V4_FILTER`, `TABLE_V6_SKIP`), memory-mapped (`BPF_F_MMAPABLE`, Linux 5.5+): a slot's
+//! `TABLE_V4_FILTER`, `TABLE_V6_FILTER`), memory-mapped (`BPF_F_MMAPABLE`, Linux 5.5+): a slot's
 //! table is read and patched with plain loads and stores instead of one syscall per element. Only the inactive
 //! slot's region is ever written, and only while no program reads it (after the grace
 //! period), so the stores race with nothing; the flip that follows is a syscall, which orders
@@ -9,7 +9,7 @@ use std::io;
 
 use aya::maps::MapData;
 use filter_common::{
-    MAP_TABLE_CHUNKS, MAP_TABLE_ENTRIES, MAP_TABLE_ROOTS, MAP_TABLE_V4_FILTER, MAP_TABLE_V6_SKIP,
+    MAP_TABLE_CHUNKS, MAP_TABLE_ENTRIES, MAP_TABLE_ROOTS, MAP_TABLE_V4_FILTER, MAP_TABLE_V6_FILTER,
     TABLE_ELEMENTS_UNUSED,
     table::{Chunk, EntryPair, FILTER_WORDS, ROOT_ENTRIES, filter_base, root_base},
 };
@@ -49,14 +49,14 @@ pub struct TableMaps {
     chunks: Mapped<Chunk>,
     entries: Mapped<EntryPair>,
     filter: Mapped<u64>,
-    /// `None` in pins made before the IPv6 skip bitmap existed (their program doesn't read
-    /// one), or holding one of another size: then nothing is written and the slots' flags
-    /// never say it is valid (`SLOT_FLAG_V6_SKIP`), so the program doesn't read it either.
-    v6_skip: Option<Mapped<u64>>,
+    /// `None` in pins made before the IPv6 filter existed (their program doesn't read one), or
+    /// holding one of another size: then nothing is written and the slots' flags never say it
+    /// is valid (`SLOT_FLAG_V6_FILTER`), so the program doesn't read it either.
+    v6_filter: Option<Mapped<u64>>,
 }
 
-/// The skip words of a slot whose pins have no skip bitmap: all clear ("look deeper").
-static NO_SKIP: [u64; FILTER_WORDS as usize] = [0; FILTER_WORDS as usize];
+/// The IPv6 filter words of a slot whose pins have none (never valid, never read).
+static NO_V6_FILTER: [u64; FILTER_WORDS as usize] = [0; FILTER_WORDS as usize];
 
 /// A `[u32]` view of a slice of entry pairs (entry `i` is half `i % 2` of pair `i / 2`).
 fn flat(pairs: &[EntryPair]) -> &[u32] {
@@ -75,7 +75,7 @@ impl TableMaps {
             chunks: Mapped::open(&layout.map(MAP_TABLE_CHUNKS))?,
             entries: Mapped::open(&layout.map(MAP_TABLE_ENTRIES))?,
             filter: Mapped::open(&layout.map(MAP_TABLE_V4_FILTER))?,
-            v6_skip: match layout.map(MAP_TABLE_V6_SKIP) {
+            v6_filter: match layout.map(MAP_TABLE_V6_FILTER) {
                 path if path.exists() => {
                     Some(Mapped::open(&path)?).filter(|map| map.len() == 2 * FILTER_WORDS as usize)
                 }
@@ -91,23 +91,24 @@ impl TableMaps {
         Region::of_slot(slot, chunks, entries)
     }
 
-    /// What the region of `slot` holds now, as a table (the used part found by walking it).
-    pub fn read(&self, slot: u32) -> Table {
-        Table::from_memory(self.region(slot), &self.memory(slot))
+    /// What the region of `slot` holds now, as a table (the used part found by walking it);
+    /// `v6_filter_valid`: the slot's flags say its IPv6 filter words are valid.
+    pub fn read(&self, slot: u32, v6_filter_valid: bool) -> Table {
+        Table::from_memory(self.region(slot), &self.memory(slot, v6_filter_valid))
     }
 
     /// The whole region of `slot` as it is in memory (see [`Table::raw`]).
     pub fn read_whole(&self, slot: u32) -> Table {
-        Table::raw(self.region(slot), &self.memory(slot))
+        Table::raw(self.region(slot), &self.memory(slot, false))
     }
 
-    /// Whether the IPv6 skip bitmap can be written (its pin exists with the right size).
-    pub fn writes_v6_skip(&self) -> bool {
-        self.v6_skip.is_some()
+    /// Whether the IPv6 filter can be written (its pin exists with the right size).
+    pub fn writes_v6_filter(&self) -> bool {
+        self.v6_filter.is_some()
     }
 
     /// The memory of `slot`'s region.
-    fn memory(&self, slot: u32) -> RegionMemory<'_> {
+    fn memory(&self, slot: u32, v6_filter_valid: bool) -> RegionMemory<'_> {
         let region = self.region(slot);
         let roots = root_base(slot, false) as usize;
         let chunks = region.chunk_origin as usize;
@@ -118,10 +119,11 @@ impl TableMaps {
             chunks: &self.chunks.slice()[chunks..chunks + region.chunk_capacity as usize],
             entries: &flat(self.entries.slice())[entries..entries + region.entry_capacity as usize],
             filter: &self.filter.slice()[words.clone()],
-            v6_skip: match &self.v6_skip {
+            v6_filter: match &self.v6_filter {
                 Some(map) => &map.slice()[words],
-                None => &NO_SKIP,
+                None => &NO_V6_FILTER,
             },
+            v6_filter_valid: v6_filter_valid && self.v6_filter.is_some(),
         }
     }
 
@@ -143,10 +145,10 @@ impl TableMaps {
         for (index, word) in &diff.filter {
             filter[*index as usize] = *word;
         }
-        if let Some(map) = &mut self.v6_skip {
-            let skip = map.slice_mut();
-            for (index, word) in &diff.v6_skip {
-                skip[*index as usize] = *word;
+        if let Some(map) = &mut self.v6_filter {
+            let words = map.slice_mut();
+            for (index, word) in &diff.v6_filter {
+                words[*index as usize] = *word;
             }
         }
     }

@@ -71,7 +71,7 @@ pub enum TableError {
 }
 
 /// A slot's region of the table maps, as memory: the slot's roots (IPv4 then IPv6), the
-/// region's whole chunk and entry arrays, and the slot's IPv4 filter and IPv6 skip words.
+/// region's whole chunk and entry arrays, and the slot's IPv4 and IPv6 filter words.
 #[derive(Clone, Copy, Debug)]
 pub struct RegionMemory<'a> {
     /// [`ROOT_ENTRIES`] IPv4 roots, then as many IPv6 roots.
@@ -82,8 +82,10 @@ pub struct RegionMemory<'a> {
     pub entries: &'a [u32],
     /// [`FILTER_WORDS`] IPv4 filter words.
     pub filter: &'a [u64],
-    /// [`FILTER_WORDS`] IPv6 skip words.
-    pub v6_skip: &'a [u64],
+    /// [`FILTER_WORDS`] IPv6 filter words.
+    pub v6_filter: &'a [u64],
+    /// The IPv6 filter words are valid for this table (the slot's `SLOT_FLAG_V6_FILTER`).
+    pub v6_filter_valid: bool,
 }
 
 /// One slot's table, as it is (or will be) in the maps.
@@ -98,8 +100,11 @@ pub struct Table {
     entries: Vec<u32>,
     /// The IPv4 /24 filter of this slot, [`FILTER_WORDS`] words.
     filter: Vec<u64>,
-    /// The IPv6 skip bitmap of this slot, [`FILTER_WORDS`] words.
-    v6_skip: Vec<u64>,
+    /// The IPv6 /24 filter of this slot, [`FILTER_WORDS`] words.
+    v6_filter: Vec<u64>,
+    /// `v6_filter` is valid for this table (always for one built or patched here; for one
+    /// read from memory, what the slot's flags say), so lookups may read it.
+    v6_filter_valid: bool,
 }
 
 /// A prefix as the builder sees it: address bytes (IPv4 in the first 4), length, leaf entry.
@@ -186,51 +191,33 @@ impl Family {
     }
 
     /// The buckets whose content differs between `self` and `other`, ascending: a different
-    /// painted value (one pass over the roots) or different deep prefixes (a merge of the two
-    /// bucket lists, comparing each bucket's prefixes).
+    /// painted value or different deep prefixes.
     fn changed_buckets(&self, other: &Family) -> Vec<usize> {
         let mut changed: Vec<usize> = (0..ROOT_ENTRIES as usize)
             .filter(|b| self.painted[*b] != other.painted[*b])
             .collect();
-        let (mut i, mut j) = (0, 0);
-        while i < self.groups.len() || j < other.groups.len() {
-            let mine = self.groups.get(i).map(|(b, _)| *b);
-            let theirs = other.groups.get(j).map(|(b, _)| *b);
-            match (mine, theirs) {
-                (Some(a), Some(b)) if a == b => {
-                    if self.deep[self.groups[i].1.clone()] != other.deep[other.groups[j].1.clone()]
-                    {
-                        changed.push(a);
-                    }
-                    i += 1;
-                    j += 1;
-                }
-                (Some(a), Some(b)) if a < b => {
-                    changed.push(a);
-                    i += 1;
-                }
-                (Some(a), None) => {
-                    changed.push(a);
-                    i += 1;
-                }
-                (_, Some(b)) => {
-                    changed.push(b);
-                    j += 1;
-                }
-                (None, None) => break,
-            }
-        }
+        changed.extend(
+            self.groups
+                .iter()
+                .chain(&other.groups)
+                .map(|(bucket, _)| *bucket)
+                .filter(|bucket| self.group(*bucket) != other.group(*bucket)),
+        );
         changed.sort_unstable();
         changed.dedup();
         changed
     }
 }
 
-/// The /24s of one root bucket that the family's prefixes touch, as the bucket's four bitmap
-/// words (bucket `b`'s 256 /24s are words `4 * b` to `4 * b + 3`): all set when a prefix of
-/// /16 or shorter covers the bucket (`painted` is not a miss), else the /24s its deep prefixes
-/// touch.
+/// The /24s of one root bucket that the family's prefixes touch, as the bucket's four filter
+/// words (bucket `b`'s 256 /24s are words `4 * b` to `4 * b + 3`). A bucket without deep
+/// prefixes has a leaf or a miss for a root, past which the walk never looks: its words are
+/// never read and stay zero. Otherwise all are set when a prefix of /16 or shorter covers the
+/// bucket (`painted` is not a miss), else the /24s its deep prefixes touch.
 fn bucket_filter(painted: u32, group: &[Prefix]) -> [u64; WORDS_PER_BUCKET] {
+    if group.is_empty() {
+        return [0; WORDS_PER_BUCKET];
+    }
     if painted != ENTRY_MISS {
         return [u64::MAX; WORDS_PER_BUCKET];
     }
@@ -246,19 +233,6 @@ fn bucket_filter(painted: u32, group: &[Prefix]) -> [u64; WORDS_PER_BUCKET] {
     words
 }
 
-/// The words of one root bucket in its family's bitmap: the IPv4 filter as [`bucket_filter`]
-/// gives it, or the IPv6 skip bitmap, its complement. A bucket without deep prefixes has a
-/// leaf or a miss for a root, past which the walk never looks, so its skip words are never
-/// read: they stay zero (nothing to write for lists without IPv6).
-fn bucket_words(v6: bool, painted: u32, group: &[Prefix]) -> [u64; WORDS_PER_BUCKET] {
-    let touched = bucket_filter(painted, group);
-    match (v6, group) {
-        (false, _) => touched,
-        (true, []) => [0; WORDS_PER_BUCKET],
-        (true, _) => touched.map(|word| !word),
-    }
-}
-
 /// Filter words per root bucket (256 /24s of 64 bits each).
 const WORDS_PER_BUCKET: usize = 4;
 
@@ -271,7 +245,8 @@ impl Table {
             chunks: Vec::new(),
             entries: Vec::new(),
             filter: vec![0; FILTER_WORDS as usize],
-            v6_skip: vec![0; FILTER_WORDS as usize],
+            v6_filter: vec![0; FILTER_WORDS as usize],
+            v6_filter_valid: true,
         }
     }
 
@@ -289,12 +264,12 @@ impl Table {
                     table.build_below(2, &family.deep[range.clone()], inherited)?;
             }
             let bitmap = if v6 {
-                &mut table.v6_skip
+                &mut table.v6_filter
             } else {
                 &mut table.filter
             };
             for bucket in 0..ROOT_ENTRIES as usize {
-                let words = bucket_words(v6, family.painted[bucket], family.group(bucket));
+                let words = bucket_filter(family.painted[bucket], family.group(bucket));
                 let first = bucket * WORDS_PER_BUCKET;
                 bitmap[first..first + WORDS_PER_BUCKET].copy_from_slice(&words);
             }
@@ -333,16 +308,18 @@ impl Table {
     }
 
     /// Rebuilds the changed buckets after the used part; roots and filter words are changed
-    /// only once everything was built (an error leaves them as they were).
+    /// (by [`Table::apply`] of the writes) only once everything was built, so an error leaves
+    /// them as they were.
     fn rebuild_changed(
         &mut self,
         old: &[(IpNet, RuleId)],
         new: &[(IpNet, RuleId)],
     ) -> Result<TableDiff, TableError> {
+        let region = self.region;
         let (first_chunk, first_entry) = (self.chunks.len(), self.entries.len());
-        let mut roots = Vec::new();
-        let mut filter = Vec::new();
-        let mut v6_skip = Vec::new();
+        let root_origin = root_base(region.slot, false);
+        let filter_origin = filter_base(region.slot);
+        let mut diff = TableDiff::default();
         for v6 in [false, true] {
             let before = Family::split(old, v6)?;
             let after = Family::split(new, v6)?;
@@ -354,56 +331,33 @@ impl Table {
                     [] => inherited,
                     group => self.build_below(2, group, inherited)?,
                 };
-                if self.roots[offset + bucket] != value {
-                    roots.push(((offset + bucket) as u32, value));
+                let root = offset + bucket;
+                if self.roots[root] != value {
+                    diff.roots.push((root_origin + root as u32, value));
                 }
-                let (bitmap, changes) = if v6 {
-                    (&self.v6_skip, &mut v6_skip)
+                let (current, writes) = if v6 {
+                    (&self.v6_filter, &mut diff.v6_filter)
                 } else {
-                    (&self.filter, &mut filter)
+                    (&self.filter, &mut diff.filter)
                 };
                 let first = bucket * WORDS_PER_BUCKET;
-                for (k, word) in bucket_words(v6, inherited, group).into_iter().enumerate() {
-                    if bitmap[first + k] != word {
-                        changes.push(((first + k) as u32, word));
+                for (k, word) in bucket_filter(inherited, group).into_iter().enumerate() {
+                    if current[first + k] != word {
+                        writes.push((filter_origin + (first + k) as u32, word));
                     }
                 }
             }
         }
-        let region = self.region;
-        for (index, value) in &roots {
-            self.roots[*index as usize] = *value;
-        }
-        for (index, word) in &filter {
-            self.filter[*index as usize] = *word;
-        }
-        for (index, word) in &v6_skip {
-            self.v6_skip[*index as usize] = *word;
-        }
-        let root_origin = root_base(region.slot, false);
-        let filter_origin = filter_base(region.slot);
-        Ok(TableDiff {
-            roots: roots
-                .into_iter()
-                .map(|(i, v)| (root_origin + i, v))
-                .collect(),
-            chunks: (first_chunk..self.chunks.len())
-                .map(|i| (region.chunk_origin + i as u32, self.chunks[i]))
-                .collect(),
-            entries: (first_entry..self.entries.len())
-                .map(|i| (region.entry_origin + i as u32, self.entries[i]))
-                .collect(),
-            filter: filter
-                .into_iter()
-                .map(|(i, w)| (filter_origin + i, w))
-                .collect(),
-            v6_skip: v6_skip
-                .into_iter()
-                .map(|(i, w)| (filter_origin + i, w))
-                .collect(),
-            chunk_len: region.chunk_origin + self.chunks.len() as u32,
-            entry_len: region.entry_origin + self.entries.len() as u32,
-        })
+        diff.chunks = (first_chunk..self.chunks.len())
+            .map(|i| (region.chunk_origin + i as u32, self.chunks[i]))
+            .collect();
+        diff.entries = (first_entry..self.entries.len())
+            .map(|i| (region.entry_origin + i as u32, self.entries[i]))
+            .collect();
+        diff.chunk_len = region.chunk_origin + self.chunks.len() as u32;
+        diff.entry_len = region.entry_origin + self.entries.len() as u32;
+        self.apply(&diff);
+        Ok(diff)
     }
 
     /// The entry for a position whose address bytes from `byte` on hold `prefixes`: a tail
@@ -588,7 +542,8 @@ impl Table {
             chunks: chunks[..chunk_end].to_vec(),
             entries: entries[..entry_end].to_vec(),
             filter: memory.filter.to_vec(),
-            v6_skip: memory.v6_skip.to_vec(),
+            v6_filter: memory.v6_filter.to_vec(),
+            v6_filter_valid: memory.v6_filter_valid,
         }
     }
 
@@ -601,7 +556,8 @@ impl Table {
             chunks: memory.chunks.to_vec(),
             entries: memory.entries.to_vec(),
             filter: memory.filter.to_vec(),
-            v6_skip: memory.v6_skip.to_vec(),
+            v6_filter: memory.v6_filter.to_vec(),
+            v6_filter_valid: memory.v6_filter_valid,
         }
     }
 
@@ -631,13 +587,14 @@ impl Table {
         lookup(self, self.region.slot, &addr, false)
     }
 
-    /// IPv6 counterpart of [`Table::lookup_v4`], reading the skip bitmap (a table built or
-    /// patched by this module has valid skip words).
+    /// IPv6 counterpart of [`Table::lookup_v4`] (reading the IPv6 filter when it is valid,
+    /// as the program does when the slot's flags say so).
     pub fn lookup_v6(&self, addr: [u8; 16]) -> Option<RuleId> {
-        lookup(self, self.region.slot, &addr, true)
+        lookup(self, self.region.slot, &addr, self.v6_filter_valid)
     }
 
-    /// Applies `diff` (made by [`TableDiff::between`] from this table to another).
+    /// Applies `diff` (writes that turn this table into another: [`TableDiff::between`], or
+    /// what [`Table::patch`] returned).
     pub fn apply(&mut self, diff: &TableDiff) {
         let root_origin = root_base(self.region.slot, false);
         for (index, value) in &diff.roots {
@@ -657,8 +614,8 @@ impl Table {
         for (index, word) in &diff.filter {
             self.filter[(index - filter_origin) as usize] = *word;
         }
-        for (index, word) in &diff.v6_skip {
-            self.v6_skip[(index - filter_origin) as usize] = *word;
+        for (index, word) in &diff.v6_filter {
+            self.v6_filter[(index - filter_origin) as usize] = *word;
         }
     }
 }
@@ -684,9 +641,9 @@ impl TableRead for Table {
         self.filter.get(local as usize).copied()
     }
 
-    fn v6_skip(&self, index: u32) -> Option<u64> {
+    fn v6_filter(&self, index: u32) -> Option<u64> {
         let local = index.checked_sub(filter_base(self.region.slot))?;
-        self.v6_skip.get(local as usize).copied()
+        self.v6_filter.get(local as usize).copied()
     }
 }
 
@@ -702,8 +659,8 @@ pub struct TableDiff {
     pub entries: Vec<(u32, u32)>,
     /// (filter map index, word).
     pub filter: Vec<(u32, u64)>,
-    /// (IPv6 skip map index, word).
-    pub v6_skip: Vec<(u32, u64)>,
+    /// (IPv6 filter map index, word).
+    pub v6_filter: Vec<(u32, u64)>,
     /// Map index one past the new table's last chunk.
     pub chunk_len: u32,
     /// Map index one past the new table's last entry.
@@ -728,7 +685,7 @@ impl TableDiff {
         let filter = changed(&from.filter, &to.filter)
             .map(|(i, v)| (filter_origin + i, v))
             .collect();
-        let v6_skip = changed(&from.v6_skip, &to.v6_skip)
+        let v6_filter = changed(&from.v6_filter, &to.v6_filter)
             .map(|(i, v)| (filter_origin + i, v))
             .collect();
         Self {
@@ -736,7 +693,7 @@ impl TableDiff {
             chunks,
             entries,
             filter,
-            v6_skip,
+            v6_filter,
             chunk_len: region.chunk_origin + to.chunks.len() as u32,
             entry_len: region.entry_origin + to.entries.len() as u32,
         }
@@ -748,7 +705,7 @@ impl TableDiff {
             + self.chunks.len()
             + self.entries.len()
             + self.filter.len()
-            + self.v6_skip.len()
+            + self.v6_filter.len()
     }
 
     /// Whether nothing changes.
@@ -843,7 +800,7 @@ mod tests {
     }
 
     /// Addresses in the same /16 as each prefix but another /24 (the third byte changed): where
-    /// the IPv4 filter and the IPv6 skip bitmap decide.
+    /// the IPv4 and IPv6 filters decide.
     fn same_bucket_elsewhere(prefixes: &[(IpNet, RuleId)]) -> Vec<std::net::IpAddr> {
         let mut out = Vec::new();
         for (net, _) in prefixes {
@@ -985,7 +942,7 @@ mod tests {
             // The same lookups as a fresh compile of the new list, filter included.
             let fresh = Table::compile(&next, REGION).expect("fits");
             prop_assert_eq!(&after.filter, &fresh.filter);
-            prop_assert_eq!(&after.v6_skip, &fresh.v6_skip);
+            prop_assert_eq!(&after.v6_filter, &fresh.v6_filter);
             // Reading the patched table back from region memory (with garbage after it) gives
             // the same table, and patching again from it still agrees.
             let mut chunk_memory = after.chunks().to_vec();
@@ -999,7 +956,8 @@ mod tests {
                     chunks: &chunk_memory,
                     entries: &entry_memory,
                     filter: &after.filter,
-                    v6_skip: &after.v6_skip,
+                    v6_filter: &after.v6_filter,
+                    v6_filter_valid: true,
                 },
             );
             // What nothing reaches any more (a removed bucket at the end) may be left out.
@@ -1062,17 +1020,17 @@ mod tests {
             self.0.filter(index)
         }
 
-        fn v6_skip(&self, index: u32) -> Option<u64> {
+        fn v6_filter(&self, index: u32) -> Option<u64> {
             self.1.set(self.1.get() + 1);
-            self.0.v6_skip(index)
+            self.0.v6_filter(index)
         }
     }
 
     #[test]
     fn lone_deep_prefixes_are_tails_not_chains() {
         // Two /128s share their /16 (a node at byte 2), then part: each is alone below its
-        // position, so root, skip word, chunk, entry and the two tail chunks are all a lookup
-        // reads. A source in a /24 of that /16 that no prefix touches stops at the skip word.
+        // position, so root, filter word, chunk, entry and the two tail chunks are all a lookup
+        // reads. A source in a /24 of that /16 that no prefix touches stops at the filter.
         let prefixes = vec![
             (net("2a01:100::1/128"), 0),
             (net("2a01:200::1/128"), 1),

@@ -1,7 +1,7 @@
-//! The IPv6 skip bitmap in the kernel: the program reads a slot's skip words only when the
-//! slot's flags say a writer that knows them wrote them (`SLOT_FLAG_V6_SKIP`), and then a set
-//! bit really ends the lookup. Stale bits (as an older build writing the slot would leave) are
-//! simulated by writing the pinned maps directly.
+//! The IPv6 /24 filter in the kernel: the program reads a slot's filter words only when the
+//! slot's flags say a writer that knows them wrote them (`SLOT_FLAG_V6_FILTER`), and then a
+//! clear bit really ends the lookup. Stale words (as an older build writing the slot would
+//! leave) are simulated by writing the pinned maps directly.
 
 use std::net::Ipv6Addr;
 
@@ -13,7 +13,7 @@ use apifence::{
 use apifence_tests::{bpffs::Bpffs, frame::Frame, require_privileges};
 use aya::maps::{Array, Map, MapData};
 use filter_common::{
-    MAP_ACTIVE_SLOT, MAP_SLOT_CONFIG, MAP_TABLE_V6_SKIP, SLOT_FLAG_V6_SKIP, SlotConfig,
+    MAP_ACTIVE_SLOT, MAP_SLOT_CONFIG, MAP_TABLE_V6_FILTER, SLOT_FLAG_V6_FILTER, SlotConfig,
     table::filter_base,
 };
 
@@ -24,7 +24,7 @@ use support::{XDP_DROP, XDP_PASS, load_with, test_run};
 const API6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xafde, 0, 0, 0, 0, 0, 1);
 /// Inside the list's only range.
 const AUTHORIZED: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 5);
-/// Same /16 (2001::/16), another /24 (2001:0e00::/24): the skip bitmap answers it.
+/// Same /16 (2001::/16), another /24 (2001:0e00::/24): the filter answers it.
 const ELSEWHERE: Ipv6Addr = Ipv6Addr::new(0x2001, 0xe00, 0, 0, 0, 0, 0, 5);
 
 fn policy(ranges: &str) -> Policy {
@@ -41,8 +41,8 @@ fn array<V: aya::Pod>(layout: &PinLayout, name: &str) -> Array<MapData, V> {
 }
 
 #[test]
-fn skip_words_are_read_only_when_the_slot_says_they_are_valid() {
-    if !require_privileges("skip_words_are_read_only_when_the_slot_says_they_are_valid") {
+fn filter_words_are_read_only_when_the_slot_says_they_are_valid() {
+    if !require_privileges("filter_words_are_read_only_when_the_slot_says_they_are_valid") {
         return;
     }
     let bpffs = Bpffs::new().expect("mount a private bpffs");
@@ -58,32 +58,34 @@ fn skip_words_are_read_only_when_the_slot_says_they_are_valid() {
     let mut config = array::<SlotConfig>(&layout, MAP_SLOT_CONFIG);
     let flags = config.get(&slot, 0).expect("read SLOT_CONFIG").flags;
     assert_ne!(
-        flags & SLOT_FLAG_V6_SKIP,
+        flags & SLOT_FLAG_V6_FILTER,
         0,
-        "the writer marks its skip words valid"
+        "the writer marks its filter words valid"
     );
 
-    // A stale bit over the authorized source's /24: read, so the source is dropped.
+    // A stale word that says no prefix touches the authorized source's /24: read, so the
+    // source is dropped.
     let o = AUTHORIZED.octets();
     let slash24 = (u32::from(o[0]) << 16) | (u32::from(o[1]) << 8) | u32::from(o[2]);
     let index = filter_base(slot) + (slash24 >> 6);
-    let mut skip = array::<u64>(&layout, MAP_TABLE_V6_SKIP);
-    let word = skip.get(&index, 0).expect("read the skip word");
+    let mut filter = array::<u64>(&layout, MAP_TABLE_V6_FILTER);
+    let word = filter.get(&index, 0).expect("read the filter word");
     assert_eq!(
         word >> (slash24 & 63) & 1,
-        0,
-        "the authorized /24 is not skipped"
+        1,
+        "the authorized /24 is marked touched"
     );
-    skip.set(index, word | 1 << (slash24 & 63), 0)
-        .expect("write a stale bit");
-    assert_eq!(verdict(AUTHORIZED), XDP_DROP, "a set bit ends the lookup");
+    filter
+        .set(index, word & !(1 << (slash24 & 63)), 0)
+        .expect("write a stale word");
+    assert_eq!(verdict(AUTHORIZED), XDP_DROP, "a clear bit ends the lookup");
 
-    // The same bit in a slot whose flags don't vouch for its skip words is not read.
+    // The same word in a slot whose flags don't vouch for its filter words is not read.
     config
         .set(
             slot,
             SlotConfig {
-                flags: flags & !SLOT_FLAG_V6_SKIP,
+                flags: flags & !SLOT_FLAG_V6_FILTER,
             },
             0,
         )
@@ -91,12 +93,12 @@ fn skip_words_are_read_only_when_the_slot_says_they_are_valid() {
     assert_eq!(
         verdict(AUTHORIZED),
         XDP_PASS,
-        "unflagged skip words are ignored"
+        "unflagged filter words are ignored"
     );
     assert_eq!(verdict(ELSEWHERE), XDP_DROP, "and the walk still misses");
 
-    // The next writers rewrite the whole bitmap of a slot without the flag: after two changes
-    // (one per slot) both slots are flagged again and the stale bit is gone.
+    // The next writers rewrite the whole table of a slot without the flag: after two changes
+    // (one per slot) both slots are flagged again and the stale word is gone.
     for ranges in ["2001:db8:1::/48, 2001:db8:2::/48", "2001:db8:1::/48"] {
         Filter::open_for_write(&layout)
             .expect("open for write")
@@ -107,7 +109,7 @@ fn skip_words_are_read_only_when_the_slot_says_they_are_valid() {
         .get(&0, 0)
         .expect("read ACTIVE_SLOT");
     assert_ne!(
-        config.get(&slot, 0).expect("read SLOT_CONFIG").flags & SLOT_FLAG_V6_SKIP,
+        config.get(&slot, 0).expect("read SLOT_CONFIG").flags & SLOT_FLAG_V6_FILTER,
         0
     );
     assert_eq!(verdict(AUTHORIZED), XDP_PASS);
