@@ -22,7 +22,6 @@ use apifence::{
     kernel::grace_period::GracePeriod,
     kernel::operations::{Filter, Settled},
     kernel::paths::PinLayout,
-    policy::{Mode, Policy},
 };
 use apifence_tests::{bpffs::Bpffs, frame::Frame, require_privileges};
 use aya::maps::{Array, Map, MapData};
@@ -32,7 +31,7 @@ use ipnet::IpNet;
 
 mod support;
 
-use support::{XDP_DROP, XDP_PASS, load, test_run};
+use support::{XDP_DROP, XDP_PASS, enforcing, load, test_run};
 
 const API: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const API6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xafde, 0, 0, 0, 0, 0, 1);
@@ -51,14 +50,6 @@ const WITH: &str = "10.0.0.0/24, 10.0.1.0/24, 2001:db8:1::/48, 2001:db8::/48";
 const WITHOUT: &str = "10.0.0.0/24, 2001:db8:1::/48";
 const FLIPS: u64 = 1_000;
 const READERS: usize = 2;
-
-fn policy(ranges: &str) -> Policy {
-    Policy {
-        ranges: ranges.parse().expect("test list"),
-        mode: Mode::Enforce,
-        ..Policy::default()
-    }
-}
 
 fn toggled() -> Vec<IpNet> {
     vec![
@@ -132,7 +123,7 @@ fn no_wrong_verdict_during_a_thousand_flips() {
     }
     let bpffs = Bpffs::new().expect("mount a private bpffs");
     let layout = PinLayout::new(bpffs.path());
-    drop(load(&layout, policy(WITH)));
+    drop(load(&layout, enforcing(WITH)));
     let generation = Arc::new(AtomicU64::new(0));
     let checked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -176,7 +167,7 @@ fn no_wrong_verdict_during_a_thousand_flips() {
                     list.add(&toggled()).to_text()
                 }
             };
-            record.policy = policy(&next);
+            record.policy = enforcing(&next);
             // Three ways a writer finishes: waits itself (CLI), leaves the wait until after it
             // answered (daemon), or never waits (a writer killed right after its flip).
             let report = match flips % 3 {
@@ -273,11 +264,11 @@ fn flip_state_is_trusted_only_for_its_own_flip() {
     }
     let bpffs = Bpffs::new().expect("mount a private bpffs");
     let layout = PinLayout::new(bpffs.path());
-    drop(load(&layout, policy(WITH)));
+    drop(load(&layout, enforcing(WITH)));
     let apply = |ranges: &str| {
         Filter::open_for_write(&layout)
             .expect("open for write")
-            .apply_policy(policy(ranges))
+            .apply_policy(enforcing(ranges))
             .expect("apply")
     };
     // `load` settled its flip.
@@ -286,7 +277,7 @@ fn flip_state_is_trusted_only_for_its_own_flip() {
     // A writer still holds the lock: the settle skips, and the next writer waits.
     let mut holder = Filter::open_for_write(&layout).expect("open for write");
     let mut record = holder.record().expect("record");
-    record.policy = policy(WITH);
+    record.policy = enforcing(WITH);
     let (_, unsettled) = holder.apply_unsettled(&record).expect("apply");
     assert_eq!(unsettled.settle(&layout).expect("settle"), Settled::Skipped);
     drop(holder);

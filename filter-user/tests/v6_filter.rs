@@ -5,11 +5,7 @@
 
 use std::net::Ipv6Addr;
 
-use apifence::{
-    kernel::operations::Filter,
-    kernel::paths::PinLayout,
-    policy::{Lookup, Mode, Policy},
-};
+use apifence::{kernel::operations::Filter, kernel::paths::PinLayout, policy::Lookup};
 use apifence_tests::{bpffs::Bpffs, frame::Frame, require_privileges};
 use aya::maps::{Array, Map, MapData};
 use filter_common::{
@@ -19,21 +15,13 @@ use filter_common::{
 
 mod support;
 
-use support::{XDP_DROP, XDP_PASS, load_with, test_run};
+use support::{XDP_DROP, XDP_PASS, enforcing, load_with, test_run};
 
 const API6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xafde, 0, 0, 0, 0, 0, 1);
 /// Inside the list's only range.
 const AUTHORIZED: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 5);
 /// Same /16 (2001::/16), another /24 (2001:0e00::/24): the filter answers it.
 const ELSEWHERE: Ipv6Addr = Ipv6Addr::new(0x2001, 0xe00, 0, 0, 0, 0, 0, 5);
-
-fn policy(ranges: &str) -> Policy {
-    Policy {
-        ranges: ranges.parse().expect("test list"),
-        mode: Mode::Enforce,
-        ..Policy::default()
-    }
-}
 
 fn array<V: aya::Pod>(layout: &PinLayout, name: &str) -> Array<MapData, V> {
     let data = MapData::from_pin(layout.map(name)).expect("open the pinned map");
@@ -47,7 +35,7 @@ fn filter_words_are_read_only_when_the_slot_says_they_are_valid() {
     }
     let bpffs = Bpffs::new().expect("mount a private bpffs");
     let layout = PinLayout::new(bpffs.path());
-    let program = load_with(&layout, policy("2001:db8:1::/48"), Lookup::Compiled);
+    let program = load_with(&layout, enforcing("2001:db8:1::/48"), Lookup::Compiled);
     let verdict = |src: Ipv6Addr| test_run(&program, &Frame::tcp6(src, API6, 6443), 1);
     assert_eq!(verdict(AUTHORIZED), XDP_PASS);
     assert_eq!(verdict(ELSEWHERE), XDP_DROP);
@@ -102,7 +90,7 @@ fn filter_words_are_read_only_when_the_slot_says_they_are_valid() {
     for ranges in ["2001:db8:1::/48, 2001:db8:2::/48", "2001:db8:1::/48"] {
         Filter::open_for_write(&layout)
             .expect("open for write")
-            .apply_policy(policy(ranges))
+            .apply_policy(enforcing(ranges))
             .expect("apply");
     }
     let slot = array::<u32>(&layout, MAP_ACTIVE_SLOT)

@@ -10,7 +10,7 @@ use apifence::{
     kernel::framing::Framing,
     kernel::operations::{self, AttachOptions, Filter, Stats},
     kernel::paths::PinLayout,
-    policy::{Lookup, Policy},
+    policy::{Lookup, Mode, Policy},
 };
 use apifence_tests::{bpffs::Bpffs, frame::Frame};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
@@ -113,4 +113,13 @@ pub fn test_run(program: &Xdp, frame: &Frame, repeat: u32) -> u32 {
         ..TestRunOptions::default()
     };
     program.test_run(options).expect("test run").return_value
+}
+
+/// An enforcing policy with `ranges` and the default ports, nothing always allowed.
+pub fn enforcing(ranges: &str) -> Policy {
+    Policy {
+        ranges: ranges.parse().expect("test list"),
+        mode: Mode::Enforce,
+        ..Policy::default()
+    }
 }
