@@ -91,9 +91,10 @@ fn guard_finds_real_connections_inside_a_namespace() {
         mode: Mode::Enforce,
         ..Policy::default()
     };
+    let open = VerdictModel::from_policy(&policy(""));
     let only6 = VerdictModel::from_policy(&policy("fd00:251::/64"));
     let refused = server_ns
-        .run(|| lockout::check(&only6, &[443, API_PORT], GuardOptions::default()))
+        .run(|| lockout::check(&open, &only6, &[443, API_PORT], GuardOptions::default()))
         .expect("run");
     match refused {
         Err(LockoutError::WouldCut(cut)) => {
@@ -110,7 +111,7 @@ fn guard_finds_real_connections_inside_a_namespace() {
     }
     let both = VerdictModel::from_policy(&policy("10.251.0.0/24 fd00:251::/64"));
     server_ns
-        .run(|| lockout::check(&both, &[443, API_PORT], GuardOptions::default()))
+        .run(|| lockout::check(&open, &both, &[443, API_PORT], GuardOptions::default()))
         .expect("run")
         .expect("nothing to cut when both are authorized");
     drop((v4, v6));

@@ -255,6 +255,11 @@ fn deny_log_metrics_and_lockout_guard() {
     assert_eq!(lab.shown_ranges(), [format!("{BAD4}/32")]);
     lab.assert_connects(v4(BAD4), API_PORT, "now authorized");
     lab.assert_dropped(v4(GOOD4), API_PORT, "cut with --force");
+    // The cut connection is still established (its packets are dropped): it holds up no later
+    // change, neither an added range nor a removed one.
+    lab.ok(&["ranges", "add", "198.18.200.0/24"]);
+    lab.ok(&["ranges", "remove", "198.18.200.0/24"]);
+    assert_eq!(lab.shown_ranges(), [format!("{BAD4}/32")]);
     drop(stream);
     assert_eq!(lab.stop().code(), Some(0));
 }

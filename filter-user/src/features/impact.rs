@@ -96,7 +96,7 @@ pub fn impact(
     Impact {
         merged_before: before.counts(),
         merged_after: after.counts(),
-        cut: would_cut(connections, after, options),
+        cut: would_cut(connections, before, after, options),
         newly_allowed,
         newly_denied,
     }

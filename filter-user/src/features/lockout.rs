@@ -245,9 +245,12 @@ impl GuardOptions {
     }
 }
 
-/// The connections among `connections` that `after` would drop.
+/// The connections among `connections` that going from `before` to `after` would cut: `after`
+/// drops them and `before` does not. One that `before` drops already (cut by an earlier,
+/// forced change, or established before filtering started) holds up no later change.
 pub fn would_cut(
     connections: &[Connection],
+    before: &VerdictModel,
     after: &VerdictModel,
     options: GuardOptions,
 ) -> Vec<Connection> {
@@ -257,19 +260,24 @@ pub fn would_cut(
             let local_only = is_loopback(c.remote.ip()) || c.remote.ip() == c.local.ip();
             options.loopback_filtered || !local_only
         })
-        .filter(|c| after.drops(c.remote.ip(), c.local.port()))
+        .filter(|c| {
+            let (source, port) = (c.remote.ip(), c.local.port());
+            after.drops(source, port) && !before.drops(source, port)
+        })
         .copied()
         .collect()
 }
 
 /// The guard: `Ok` with nothing cut, or [`LockoutError::WouldCut`] naming the connections that
-/// `after` would drop, among those established now in this thread's network namespace.
+/// going from `before` to `after` would cut, among those established now in this thread's
+/// network namespace.
 pub fn check(
+    before: &VerdictModel,
     after: &VerdictModel,
     ports: &[u16],
     options: GuardOptions,
 ) -> Result<(), LockoutError> {
-    let cut = would_cut(&established(ports)?, after, options);
+    let cut = would_cut(&established(ports)?, before, after, options);
     if cut.is_empty() {
         Ok(())
     } else {
@@ -420,11 +428,13 @@ mod tests {
             mode,
             ..Policy::default()
         };
+        let before = VerdictModel::from_policy(&policy("", Mode::Enforce));
         let after = VerdictModel::from_policy(&policy("203.0.113.0/24", Mode::Enforce));
-        let cut = would_cut(&connections, &after, GuardOptions::default());
+        let cut = would_cut(&connections, &before, &after, GuardOptions::default());
         assert_eq!(cut, [connections[0], connections[5]]);
         let with_lo = would_cut(
             &connections,
+            &before,
             &after,
             GuardOptions::for_interfaces(&["eth0", "lo"]),
         );
@@ -439,12 +449,22 @@ mod tests {
         );
 
         let monitor = VerdictModel::from_policy(&policy("203.0.113.0/24", Mode::Monitor));
-        assert!(would_cut(&connections, &monitor, GuardOptions::default()).is_empty());
+        assert!(would_cut(&connections, &before, &monitor, GuardOptions::default()).is_empty());
         let disabled = VerdictModel::from_policy(&policy("", Mode::Enforce));
-        assert!(would_cut(&connections, &disabled, GuardOptions::default()).is_empty());
+        assert!(would_cut(&connections, &before, &disabled, GuardOptions::default()).is_empty());
         let covering =
             VerdictModel::from_policy(&policy("192.0.2.0/24 2001:db8::/32", Mode::Enforce));
-        assert!(would_cut(&connections, &covering, GuardOptions::default()).is_empty());
+        assert!(would_cut(&connections, &before, &covering, GuardOptions::default()).is_empty());
+        // Connections that the list before drops already are not cut again: a forced cut
+        // (or a connection older than the filter) holds up no later change.
+        let narrower = VerdictModel::from_policy(&policy("203.0.113.0/25", Mode::Enforce));
+        assert!(would_cut(&connections, &after, &narrower, GuardOptions::default()).is_empty());
+        let from_monitor = VerdictModel::from_policy(&policy("203.0.113.0/24", Mode::Monitor));
+        assert_eq!(
+            would_cut(&connections, &from_monitor, &after, GuardOptions::default()),
+            cut,
+            "monitor mode drops nothing, so enforcing cuts"
+        );
 
         assert_eq!(
             LockoutError::WouldCut(cut).to_string(),

@@ -10,8 +10,9 @@
 //!   asks for a re-resolve as soon as one expires. When every entry has expired only the
 //!   always-allow list may connect: an expiry never turns filtering off.
 //! - The lockout guard reviews changes asked through the CLI (`set`, `add`, `remove`, `mode`):
-//!   one that would cut an established connection to a protected port is refused unless
-//!   `--force`. Reloads and expiry are not refused (the config file and the expiry time are the
+//!   one that would cut an established connection to a protected port (one the current policy
+//!   lets through) is refused unless `--force`. A change that denies nothing new (an added
+//!   range) can cut nothing, and the connection table is not read for it. Reloads and expiry are not refused (the config file and the expiry time are the
 //!   operator's explicit instructions); their impact is still computed for dry runs.
 //! - The deny-log reader and the metrics endpoint run as tasks until the daemon stops, and with
 //!   `ranges_from = "etcd"` the fleet follower ([`crate::features::fleet::follow`]).
@@ -211,7 +212,15 @@ impl Features for StandardFeatures {
             .collect::<BTreeSet<u16>>()
             .into_iter()
             .collect();
-        let connections = match lockout::established(&ports) {
+        // A change that denies nothing new (an added range) can cut no connection and deny no
+        // established source, so the connection table (a walk over the kernel's whole TCP
+        // hash table, milliseconds) is not read for it.
+        let connections = if after.denies_nothing_new(&before) {
+            Ok(Vec::new())
+        } else {
+            lockout::established(&ports)
+        };
+        let connections = match connections {
             Ok(connections) => connections,
             Err(e) => {
                 return Review {

@@ -121,6 +121,36 @@ impl VerdictModel {
     pub fn counts(&self) -> FamilyCounts {
         self.counts
     }
+
+    /// Whether going from `before` to this gate can neither drop nor deny a (source, port)
+    /// that `before` let through: this gate is in monitor mode or in `before`'s mode, protects
+    /// no port `before` left open, and authorizes every address `before` authorized. Such a
+    /// change (an added range, for example) cuts no connection, so the lockout guard need not
+    /// look for any. Linear; `false` where it can't tell cheaply.
+    pub fn denies_nothing_new(&self, before: &VerdictModel) -> bool {
+        if !self.enabled || self.ports.is_empty() {
+            return true;
+        }
+        let mode_ok = self.mode == Mode::Monitor || self.mode == before.mode;
+        mode_ok
+            && before.enabled
+            && self.ports.is_subset(&before.ports)
+            && covers(&self.v4, &before.v4)
+            && covers(&self.v6, &before.v6)
+    }
+}
+
+/// Whether the sorted, disjoint (and not touching) `outer` intervals hold every address of the
+/// sorted, disjoint `inner` ones. Each inner interval lies in at most one outer interval, as
+/// outer intervals don't touch. Linear.
+fn covers<T: Ord + Copy>(outer: &[(T, T)], inner: &[(T, T)]) -> bool {
+    let mut outer = outer.iter().peekable();
+    inner.iter().all(|&(first, last)| {
+        while outer.next_if(|(_, end)| *end < first).is_some() {}
+        outer
+            .peek()
+            .is_some_and(|&&(start, end)| start <= first && last <= end)
+    })
 }
 
 /// The `[first, last]` address intervals of `merged` (sorted and disjoint, as [`merge`] returns
@@ -307,7 +337,113 @@ mod tests {
         assert!(!is_loopback(ip("10.0.0.1")));
     }
 
+    #[test]
+    fn denies_nothing_new_only_where_nothing_is_newly_denied() {
+        let gate = |ranges: &str, mode| VerdictModel::from_policy(&policy(ranges, &[], mode));
+        let before = gate("10.0.0.0/16, 10.2.0.0/16, 2001:db8::/48", Mode::Enforce);
+        // Wider lists, and the same list.
+        for after in [
+            "10.0.0.0/15, 10.2.0.0/16, 2001:db8::/48",
+            "10.0.0.0/8, 2001:db8::/32",
+            "10.0.0.0/16, 10.2.0.0/16, 2001:db8::/48, 192.0.2.0/24",
+            "10.0.0.0/16, 10.2.0.0/16, 2001:db8::/48",
+        ] {
+            assert!(
+                gate(after, Mode::Enforce).denies_nothing_new(&before),
+                "{after}"
+            );
+        }
+        // A removed or narrowed prefix, another family's loss, a mode that starts dropping.
+        for after in [
+            "10.0.0.0/16, 2001:db8::/48",
+            "10.0.0.0/17, 10.2.0.0/16, 2001:db8::/48",
+            "10.0.0.0/16, 10.2.0.0/16",
+            "10.0.0.0/16, 10.2.0.0/16, 2001:db8::/49",
+            "10.1.0.0/16, 10.2.0.0/16, 2001:db8::/48",
+        ] {
+            assert!(
+                !gate(after, Mode::Enforce).denies_nothing_new(&before),
+                "{after}"
+            );
+        }
+        let monitor = gate("10.0.0.0/16, 10.2.0.0/16, 2001:db8::/48", Mode::Monitor);
+        assert!(
+            !before.denies_nothing_new(&monitor),
+            "monitor to enforce starts dropping"
+        );
+        assert!(
+            monitor.denies_nothing_new(&before),
+            "enforce to monitor drops nothing"
+        );
+        let disabled = gate("", Mode::Enforce);
+        assert!(disabled.denies_nothing_new(&before));
+        assert!(
+            !before.denies_nothing_new(&disabled),
+            "enabling filtering denies"
+        );
+        let more_ports = VerdictModel::new(
+            true,
+            Mode::Enforce,
+            &[443, 6443, 8443],
+            &["10.0.0.0/8".parse().unwrap()],
+        );
+        let fewer_ports = VerdictModel::new(
+            true,
+            Mode::Enforce,
+            &[443],
+            &["10.0.0.0/8".parse().unwrap()],
+        );
+        assert!(
+            !more_ports.denies_nothing_new(&fewer_ports),
+            "a newly protected port"
+        );
+        assert!(fewer_ports.denies_nothing_new(&more_ports));
+    }
+
     proptest! {
+        /// `denies_nothing_new` never says so when some address is newly denied or dropped.
+        #[test]
+        fn denies_nothing_new_is_never_wrong(
+            before in proptest::collection::vec((any::<u8>(), 4u8..=12), 1..12),
+            other in proptest::collection::vec((any::<u8>(), 4u8..=12), 0..12),
+            modes in (any::<bool>(), any::<bool>()),
+            change in 0u8..3,
+            probes in proptest::collection::vec(any::<u16>(), 1..64),
+        ) {
+            // `after` is another list, `before` with more prefixes, or `before` with its first
+            // prefix one bit longer: the last two are where the answer is often yes.
+            let after = match change {
+                0 => other,
+                1 => before.iter().chain(&other).copied().collect(),
+                _ => {
+                    let mut narrowed = before.clone();
+                    narrowed[0].1 += 1;
+                    narrowed
+                }
+            };
+            // Prefixes in the top 16 bits, so that random probes hit them often.
+            let nets = |list: Vec<(u8, u8)>| -> Vec<IpNet> {
+                list.into_iter()
+                    .map(|(a, len)| {
+                        IpNet::new(IpAddr::V4(Ipv4Addr::from(u32::from(a) << 24)), len)
+                            .unwrap()
+                            .trunc()
+                    })
+                    .collect()
+            };
+            let mode = |monitor: bool| if monitor { Mode::Monitor } else { Mode::Enforce };
+            let before = VerdictModel::new(true, mode(modes.0), &[443], &nets(before));
+            let after = VerdictModel::new(true, mode(modes.1), &[443], &nets(after));
+            if after.denies_nothing_new(&before) {
+                for p in probes {
+                    let addr = IpAddr::V4(Ipv4Addr::from(u32::from(p) << 16));
+                    // Newly denied, or newly dropped: neither may happen.
+                    prop_assert!(before.denies(addr, 443) || !after.denies(addr, 443), "{}", addr);
+                    prop_assert!(before.drops(addr, 443) || !after.drops(addr, 443), "{}", addr);
+                }
+            }
+        }
+
         /// Membership agrees with a naive scan over the given prefixes.
         #[test]
         fn agrees_with_a_naive_scan(
