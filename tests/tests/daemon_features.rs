@@ -5,7 +5,7 @@
 
 mod daemon_support;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{io::Write, net::SocketAddr, time::Duration};
 
 use apifence_tests::{connect_stream, require_privileges};
 use daemon_support::*;
@@ -260,6 +260,36 @@ fn deny_log_metrics_and_lockout_guard() {
     lab.ok(&["ranges", "add", "198.18.200.0/24"]);
     lab.ok(&["ranges", "remove", "198.18.200.0/24"]);
     assert_eq!(lab.shown_ranges(), [format!("{BAD4}/32")]);
-    drop(stream);
+
+    // With the filter removed under the daemon nothing is dropped, and GOOD4 connects again.
+    // The next change loads the filter again, which would cut both connections from GOOD4, so
+    // even an added range is refused.
+    lab.ok(&["detach", "--all"]);
+    let second = connect_stream(
+        &lab.client,
+        v4(GOOD4),
+        SocketAddr::new(v4(API4), API_PORT),
+        CONNECT_WAIT,
+    )
+    .expect("nothing filters after detach");
+    let second_client = SocketAddr::new(v4(GOOD4), second.local_addr().expect("local").port());
+    let error = lab.fails(&["ranges", "add", "198.18.201.0/24"]);
+    for peer in [client, second_client] {
+        assert!(error.contains(&format!("{peer} -> ")), "{peer}: {error}");
+    }
+    // Authorizing GOOD4 loads the filter again, and both connections carry data: the first
+    // one stayed established through its cut.
+    lab.ok(&["ranges", "add", &good]);
+    lab.assert_dropped(v6(BAD6), API_PORT, "the filter is loaded again");
+    for (mut stream, peer) in [(stream, client), (second, second_client)] {
+        let received = lab.api_server().bytes_from(peer);
+        stream.write_all(b"still here").expect("write");
+        assert_eq!(
+            lab.api_server()
+                .wait_for_bytes_from(peer, received + 10, CONNECT_WAIT),
+            received + 10,
+            "{peer}"
+        );
+    }
     assert_eq!(lab.stop().code(), Some(0));
 }

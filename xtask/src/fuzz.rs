@@ -43,6 +43,11 @@ pub struct FuzzArgs {
     /// Only this target (default: all).
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(TARGETS))]
     pub target: Option<String>,
+    /// Sanitizer of the build (`cargo fuzz -s`): `address` (the default) catches memory errors
+    /// in unsafe code; `none` runs several times faster, for long runs of targets whose
+    /// oracle is the comparison itself (xdp_differential: 8,000 against 1,300 inputs a second).
+    #[arg(long, default_value = "address", value_parser = ["address", "none"])]
+    pub sanitizer: String,
 }
 
 /// What one run of one target printed at its end.
@@ -84,7 +89,7 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
         None => TARGETS.to_vec(),
     };
     run_live(
-        fuzz_command(&cargo_fuzz, &fuzz_dir).args(["build", "--release"]),
+        fuzz_command(&cargo_fuzz, &fuzz_dir).args(["build", "--release", "-s", &args.sanitizer]),
         BUILD_TIMEOUT,
     )?;
     let mut report = Vec::new();
@@ -103,7 +108,7 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
             None => Duration::from_secs(args.seconds + 300),
         };
         let mut cmd = fuzz_command(&cargo_fuzz, &fuzz_dir);
-        cmd.args(["run", "--release", target])
+        cmd.args(["run", "--release", "-s", &args.sanitizer, target])
             .arg(&corpus)
             .args(["--", &limit, "-print_final_stats=1", "-rss_limit_mb=4096"])
             .arg("-max_len=65536");

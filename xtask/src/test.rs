@@ -97,6 +97,7 @@ pub fn run() -> Result<()> {
             seconds: 20,
             runs: None,
             target: None,
+            sanitizer: "address".into(),
         }),
     );
     if totals.ignored > 0 {

@@ -818,9 +818,14 @@ impl Engine {
         let compiled = compile::compile(&resolved.policy, capacity, &BTreeMap::new())
             .map_err(|e| invalid(&e))?;
         let diff = Diff::between(&self.resolved, &resolved);
+        let enforced = Filter::open(&self.layout)
+            .and_then(|f| f.record())
+            .map(|r| r.policy)
+            .ok();
         let review = self.features.review(&Plan {
             origin,
             before: &self.resolved,
+            enforced: enforced.as_ref(),
             after: &resolved,
             diff: &diff,
             flags,
@@ -851,10 +856,6 @@ impl Engine {
         if state_changed {
             state_file::write(&self.state_layout, &state).map_err(|e| failed(&e))?;
         }
-        let enforced = Filter::open(&self.layout)
-            .and_then(|f| f.record())
-            .map(|r| r.policy)
-            .ok();
         if enforced.as_ref() != Some(&resolved.policy) {
             match self.apply(&resolved.policy) {
                 Ok(report) => {

@@ -23,6 +23,7 @@ use crate::{
     },
     kernel::operations::ApplyReport,
     kernel::paths::PinLayout,
+    policy::Policy,
 };
 
 /// What asked for a change.
@@ -51,8 +52,12 @@ pub enum Origin {
 pub struct Plan<'a> {
     /// Who asked.
     pub origin: Origin,
-    /// What is enforced now.
+    /// The desired state before the change (what the daemon last applied).
     pub before: &'a Resolved,
+    /// What the filter enforces now, read from its pins: usually `before`'s policy; `None`
+    /// when no filter is loaded (removed by `apifence detach` under the daemon), so nothing is
+    /// dropped now and the change loads it again.
+    pub enforced: Option<&'a Policy>,
     /// What would be enforced.
     pub after: &'a Resolved,
     /// The difference.

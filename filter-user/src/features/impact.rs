@@ -279,4 +279,47 @@ mod tests {
             "established connections that would be cut: none"
         );
     }
+
+    proptest::proptest! {
+        /// The lockout guard skips reading connections when `after.denies_nothing_new(&before)`:
+        /// that is sound only if, then, no connection could be cut or newly denied.
+        #[test]
+        fn denies_nothing_new_means_no_cut_and_no_newly_denied(
+            before in proptest::collection::vec((0u8..4, 10u8..=12), 0..4),
+            extra in proptest::collection::vec((0u8..4, 10u8..=12), 0..3),
+            modes in (proptest::prelude::any::<bool>(), proptest::prelude::any::<bool>()),
+            remotes in proptest::collection::vec((0u8..4, proptest::prelude::any::<u16>()), 1..16),
+        ) {
+            let list = |nets: &[(u8, u8)]| -> String {
+                nets.iter()
+                    .map(|(a, len)| format!("10.{}.0.0/{len}", a * 64))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let mode = |monitor: bool| if monitor { Mode::Monitor } else { Mode::Enforce };
+            let gate = |text: String, monitor| {
+                VerdictModel::from_policy(&Policy {
+                    ranges: text.parse().unwrap(),
+                    mode: mode(monitor),
+                    ..Policy::default()
+                })
+            };
+            let wider: Vec<(u8, u8)> = before.iter().chain(&extra).copied().collect();
+            let (before, after) = (gate(list(&before), modes.0), gate(list(&wider), modes.1));
+            let connections: Vec<Connection> = remotes
+                .iter()
+                .map(|(a, low)| {
+                    conn(
+                        "10.255.0.1:6443",
+                        &format!("10.{}.{}.{}:40000", a * 64, low >> 8, low & 0xff),
+                    )
+                })
+                .collect();
+            if after.denies_nothing_new(&before) {
+                let impact = impact(&before, &after, &connections, GuardOptions::default(), &[], &[]);
+                proptest::prop_assert!(impact.cut.is_empty(), "{:?}", impact.cut);
+                proptest::prop_assert!(impact.newly_denied.is_empty(), "{:?}", impact.newly_denied);
+            }
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! The lockout guard: which established TCP connections to protected local ports a new policy
-//! would cut, so that `apifence ranges set/remove` can refuse (unless `--force`) and name them.
+//! would cut, so that `apifence ranges set/add/remove` and `apifence mode` can refuse (unless
+//! `--force`) and name them.
 //!
 //! Connections come from `/proc/thread-self/net/tcp` and `tcp6`, which describe the network
 //! namespace of the calling thread (`/proc/net` would follow the process's main thread).
@@ -245,9 +246,10 @@ impl GuardOptions {
     }
 }
 
-/// The connections among `connections` that going from `before` to `after` would cut: `after`
-/// drops them and `before` does not. One that `before` drops already (cut by an earlier,
-/// forced change, or established before filtering started) holds up no later change.
+/// The connections among `connections` that going from `before` (what the filter enforces now;
+/// a disabled policy when no filter is loaded) to `after` would cut: `after` drops them and
+/// `before` does not. One that `before` drops already (cut by an earlier, forced change) holds
+/// up no later change.
 pub fn would_cut(
     connections: &[Connection],
     before: &VerdictModel,
@@ -459,6 +461,12 @@ mod tests {
         // (or a connection older than the filter) holds up no later change.
         let narrower = VerdictModel::from_policy(&policy("203.0.113.0/25", Mode::Enforce));
         assert!(would_cut(&connections, &after, &narrower, GuardOptions::default()).is_empty());
+        // In one change, a connection dropped already is left out and a newly cut one named.
+        let only_first = VerdictModel::from_policy(&policy("192.0.2.0/24", Mode::Enforce));
+        assert_eq!(
+            would_cut(&connections, &only_first, &after, GuardOptions::default()),
+            [connections[0]]
+        );
         let from_monitor = VerdictModel::from_policy(&policy("203.0.113.0/24", Mode::Monitor));
         assert_eq!(
             would_cut(&connections, &from_monitor, &after, GuardOptions::default()),

@@ -10,9 +10,9 @@
 //!   asks for a re-resolve as soon as one expires. When every entry has expired only the
 //!   always-allow list may connect: an expiry never turns filtering off.
 //! - The lockout guard reviews changes asked through the CLI (`set`, `add`, `remove`, `mode`):
-//!   one that would cut an established connection to a protected port (one the current policy
-//!   lets through) is refused unless `--force`. A change that denies nothing new (an added
-//!   range) can cut nothing, and the connection table is not read for it. Reloads and expiry are not refused (the config file and the expiry time are the
+//!   one that would cut an established connection to a protected port (one the filter lets
+//!   through now) is refused unless `--force`. A change that denies nothing new (a range
+//!   added to a list in force) can cut nothing, and the connection table is not read for it. Reloads and expiry are not refused (the config file and the expiry time are the
 //!   operator's explicit instructions); their impact is still computed for dry runs.
 //! - The deny-log reader and the metrics endpoint run as tasks until the daemon stops, and with
 //!   `ranges_from = "etcd"` the fleet follower ([`crate::features::fleet::follow`]).
@@ -52,6 +52,7 @@ use crate::{
     kernel::maps::FilterMaps,
     kernel::operations::Filter,
     kernel::paths::PinLayout,
+    policy::Policy,
     policy::bypass,
     policy::verdict::VerdictModel,
 };
@@ -200,25 +201,26 @@ impl Features for StandardFeatures {
         if !guarded && !plan.flags.dry_run {
             return Review::default();
         }
-        let before = VerdictModel::from_policy(&plan.before.policy);
+        // The guard compares with what the filter enforces now: nothing, when it was removed
+        // under the daemon (the change loads it again, which cuts whoever connected meanwhile).
+        let nothing = Policy::default();
+        let enforced = plan.enforced.unwrap_or(&nothing);
+        let before = VerdictModel::from_policy(enforced);
         let after = VerdictModel::from_policy(&plan.after.policy);
-        let ports: Vec<u16> = plan
-            .before
-            .policy
-            .ports
-            .iter()
-            .chain(&plan.after.policy.ports)
-            .copied()
-            .collect::<BTreeSet<u16>>()
-            .into_iter()
-            .collect();
-        // A change that denies nothing new (an added range) can cut no connection and deny no
-        // established source, so the connection table (a walk over the kernel's whole TCP
-        // hash table, milliseconds) is not read for it.
+        // A change that denies nothing new (a range added to a list in force, a switch to
+        // monitor mode) can cut no connection and deny no established source, so the
+        // connection table (a walk over the kernel's whole TCP hash table, milliseconds) is
+        // not read for it.
         let connections = if after.denies_nothing_new(&before) {
             Ok(Vec::new())
         } else {
-            lockout::established(&ports)
+            let ports: BTreeSet<u16> = enforced
+                .ports
+                .iter()
+                .chain(&plan.after.policy.ports)
+                .copied()
+                .collect();
+            lockout::established(&ports.into_iter().collect::<Vec<u16>>())
         };
         let connections = match connections {
             Ok(connections) => connections,
@@ -465,6 +467,7 @@ mod tests {
         let plan = |origin, dry_run| Plan {
             origin,
             before: &before,
+            enforced: Some(&before.policy),
             after: &after,
             diff: &diff,
             flags: ChangeFlags {

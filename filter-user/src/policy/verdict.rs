@@ -125,12 +125,15 @@ impl VerdictModel {
     /// Whether going from `before` to this gate can neither drop nor deny a (source, port)
     /// that `before` let through: this gate is in monitor mode or in `before`'s mode, protects
     /// no port `before` left open, and authorizes every address `before` authorized. Such a
-    /// change (an added range, for example) cuts no connection, so the lockout guard need not
-    /// look for any. Linear; `false` where it can't tell cheaply.
+    /// change (a range added to a list in force, for example) cuts no connection, so the
+    /// lockout guard need not look for any. Linear. Exact, except that it says `false` for a
+    /// gate that authorizes every address (`0.0.0.0/0` and `::/0`) while it turns filtering
+    /// on, protects a new port or leaves monitor mode.
     pub fn denies_nothing_new(&self, before: &VerdictModel) -> bool {
         if !self.enabled || self.ports.is_empty() {
             return true;
         }
+        // Monitor mode never drops (see `drops`); the same mode drops what is denied.
         let mode_ok = self.mode == Mode::Monitor || self.mode == before.mode;
         mode_ok
             && before.enabled
