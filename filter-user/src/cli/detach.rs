@@ -32,7 +32,8 @@ pub fn run(context: &Context, args: &DetachArgs) -> Result<()> {
     if daemon::answers(&context.socket) {
         crate::errln!(
             "note: an apifence daemon answers on {}; it attaches the filter again on its next \
-             change or reload; stop it first (systemctl stop apifence) to keep the filter off",
+             change or reload (a change that would cut connections made meanwhile is refused \
+             unless --force); stop it first (systemctl stop apifence) to keep the filter off",
             context.socket.display()
         );
     }

@@ -812,20 +812,34 @@ impl Engine {
             state.authorized = Some(desired.authorized.clone());
         }
         let resolved = resolve(&desired, tags.as_deref()).map_err(|e| invalid(&e))?;
-        let capacity = Filter::open(&self.layout)
+        let filter = Filter::open(&self.layout);
+        let capacity = filter
+            .as_ref()
             .map(|f| f.capacity())
             .unwrap_or(self.config().capacity);
         let compiled = compile::compile(&resolved.policy, capacity, &BTreeMap::new())
             .map_err(|e| invalid(&e))?;
         let diff = Diff::between(&self.resolved, &resolved);
-        let enforced = Filter::open(&self.layout)
-            .and_then(|f| f.record())
-            .map(|r| r.policy)
-            .ok();
+        let enforced = filter.and_then(|f| f.record()).map(|r| r.policy);
+        // What the guard compares with: no filter loaded drops nothing; a filter whose record
+        // can't be read is taken to enforce the last applied state (and `apply` below
+        // rewrites it).
+        let enforced_for_review = match &enforced {
+            Ok(policy) => Some(policy),
+            Err(FilterError::NotAttached(_)) => None,
+            Err(e) => {
+                warn!(
+                    error = %ErrorChain(e),
+                    "reading what the filter enforces failed; the lockout guard compares with \
+                     the last applied state"
+                );
+                Some(&self.resolved.policy)
+            }
+        };
         let review = self.features.review(&Plan {
             origin,
             before: &self.resolved,
-            enforced: enforced.as_ref(),
+            enforced: enforced_for_review,
             after: &resolved,
             diff: &diff,
             flags,
@@ -856,7 +870,7 @@ impl Engine {
         if state_changed {
             state_file::write(&self.state_layout, &state).map_err(|e| failed(&e))?;
         }
-        if enforced.as_ref() != Some(&resolved.policy) {
+        if enforced.as_ref().ok() != Some(&resolved.policy) {
             match self.apply(&resolved.policy) {
                 Ok(report) => {
                     reply.applied = true;

@@ -316,7 +316,8 @@ mod tests {
                 })
                 .collect();
             if after.denies_nothing_new(&before) {
-                let impact = impact(&before, &after, &connections, GuardOptions::default(), &[], &[]);
+                let options = GuardOptions::default();
+                let impact = impact(&before, &after, &connections, options, &[], &[]);
                 proptest::prop_assert!(impact.cut.is_empty(), "{:?}", impact.cut);
                 proptest::prop_assert!(impact.newly_denied.is_empty(), "{:?}", impact.newly_denied);
             }

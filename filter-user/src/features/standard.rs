@@ -12,7 +12,8 @@
 //! - The lockout guard reviews changes asked through the CLI (`set`, `add`, `remove`, `mode`):
 //!   one that would cut an established connection to a protected port (one the filter lets
 //!   through now) is refused unless `--force`. A change that denies nothing new (a range
-//!   added to a list in force) can cut nothing, and the connection table is not read for it. Reloads and expiry are not refused (the config file and the expiry time are the
+//!   added to a list in force) can cut nothing, and the connection table is not read for it.
+//!   Reloads and expiry are not refused (the config file and the expiry time are the
 //!   operator's explicit instructions); their impact is still computed for dry runs.
 //! - The deny-log reader and the metrics endpoint run as tasks until the daemon stops, and with
 //!   `ranges_from = "etcd"` the fleet follower ([`crate::features::fleet::follow`]).
@@ -203,24 +204,24 @@ impl Features for StandardFeatures {
         }
         // The guard compares with what the filter enforces now: nothing, when it was removed
         // under the daemon (the change loads it again, which cuts whoever connected meanwhile).
+        // Usually that is the last applied state, whose merged list is at hand already.
         let nothing = Policy::default();
-        let enforced = plan.enforced.unwrap_or(&nothing);
+        let enforced = match plan.enforced {
+            Some(policy) if *policy == plan.before.policy => &plan.before.policy,
+            Some(policy) => policy,
+            None => &nothing,
+        };
         let before = VerdictModel::from_policy(enforced);
         let after = VerdictModel::from_policy(&plan.after.policy);
         // A change that denies nothing new (a range added to a list in force, a switch to
         // monitor mode) can cut no connection and deny no established source, so the
         // connection table (a walk over the kernel's whole TCP hash table, milliseconds) is
-        // not read for it.
+        // not read for it. Otherwise only ports the new policy protects matter: a connection
+        // is cut, or newly denied, only where the new policy denies.
         let connections = if after.denies_nothing_new(&before) {
             Ok(Vec::new())
         } else {
-            let ports: BTreeSet<u16> = enforced
-                .ports
-                .iter()
-                .chain(&plan.after.policy.ports)
-                .copied()
-                .collect();
-            lockout::established(&ports.into_iter().collect::<Vec<u16>>())
+            lockout::established(&plan.after.policy.ports)
         };
         let connections = match connections {
             Ok(connections) => connections,
@@ -489,5 +490,14 @@ mod tests {
         // Expiry and reloads are never refused, and need no review unless dry.
         let quiet = features.review(&plan(Origin::Tick, false));
         assert!(quiet.impact.is_none() && quiet.refusal.is_none());
+        // With no filter loaded (detached under the daemon) the change is judged against a
+        // filter that enforces nothing, not against the last applied state.
+        let detached = Plan {
+            enforced: None,
+            ..plan(Origin::Add, true)
+        };
+        let impact = features.review(&detached).impact.expect("an impact");
+        assert_eq!(impact["merged_before"]["v4"], 0);
+        assert_eq!(impact["merged_after"]["v4"], 2);
     }
 }
